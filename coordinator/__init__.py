@@ -1,0 +1,1 @@
+"""Coordinator service: runs rounds and sums ciphertexts with the public context only."""

@@ -1,0 +1,1 @@
+"""Key holder service: holds the CKKS secret key and decrypts only policy-approved aggregates."""

@@ -1,0 +1,1 @@
+"""Participant: site data, local training, privacy step, encryption, the site daemon."""

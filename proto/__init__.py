@@ -1,0 +1,1 @@
+"""Protocol buffers and generated gRPC stubs (generated files are committed)."""
