@@ -8,7 +8,8 @@ sampling). This is the guarantee per patient that sites should rely on.
 gradient noise draw from a ``torch.Generator`` seeded from the injected
 ``numpy.random.Generator``. The noise multiplier is derived so that ``planned_rounds``
 rounds of ``steps`` local steps reach the configured (ε, δ) under PLD accounting
-(dp_accounting, discretization 1e-3: pessimistic, so the real ε is at most the target).
+(dp_accounting, discretization 1e-2: pessimistic, so the real ε is at most the target;
+σ is searched from 0.3 upwards, so a very loose target gets σ = 0.3, more noise than needed).
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ def dp_sgd_event(sample_rate: float, noise_multiplier: float, steps: int) -> dp_
 @functools.lru_cache(maxsize=64)
 def _calibrate(eps: float, delta: float, sample_rate: float, total_steps: int) -> float:
     sigma = mechanism_calibration.calibrate_dp_mechanism(
-        lambda: PLDAccountant(value_discretization_interval=1e-3),
+        lambda: PLDAccountant(value_discretization_interval=1e-2),
         lambda s: dp_sgd_event(sample_rate, s, total_steps),
         eps,
         delta,
-        bracket_interval=mechanism_calibration.LowerEndpointAndGuess(0.05, 1.0),
+        bracket_interval=mechanism_calibration.LowerEndpointAndGuess(0.3, 1.0),
         tol=0.005,
     )
     return float(sigma)
