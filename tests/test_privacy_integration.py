@@ -67,3 +67,19 @@ def test_svt_on_demo_mlp_block_mode_and_budget_refusal(tmp_path: Path) -> None:
     ledger.record(0, "svt", res.events)
     with pytest.raises(BudgetExceeded, match="'s1'"):
         ledger.check_can_spend(events, "svt")
+
+
+def test_privacy_step_refuses_before_sharing(tmp_path: Path) -> None:
+    from participant.privacy import PartialShareConfig, planned_events, run_privacy_step
+
+    cfg = SVTConfig(fraction=0.1, gamma=1e-3, epsilon=2.0)
+    delta = np.random.default_rng(0).normal(0, 1e-3, size=100)
+    ledger = PrivacyLedger(tmp_path / "s.db", 1e-5, 3.0, "s9")
+    res = run_privacy_step(delta, 1, cfg, ledger, 0, np.random.default_rng(1))
+    assert res.mechanism == "svt" and ledger.rounds() == [0]
+    assert ledger.epsilon() == pytest.approx(compose_epsilon(planned_events(cfg, 100), 1e-5))
+    with pytest.raises(BudgetExceeded, match="'s9'"):
+        run_privacy_step(delta, 1, cfg, ledger, 1, np.random.default_rng(1))
+    assert ledger.rounds() == [0]  # refused: nothing recorded
+    shared = run_privacy_step(delta, 1, PartialShareConfig(fraction=0.5), ledger, 1, None)
+    assert shared.non_private and ledger.non_private_rounds() == [(1, "partial")]
