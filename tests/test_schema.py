@@ -93,6 +93,22 @@ def test_bad_files_name_file_row_and_column(  # type: ignore[no-untyped-def]
         assert repr(column) in str(err)
 
 
+def test_parquet_with_nested_cells_is_a_clear_error(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "age": [20, 30],
+            "weight": [[70.0], [80.0]],
+            "smoker": [0, 1],
+            "arm": ["A", "B"],
+            "event": [0, 1],
+        }
+    )
+    frame.to_parquet(tmp_path / "nested.parquet")
+    with pytest.raises(DataValidationError, match="not a finite number") as info:
+        load_site_table(tmp_path / "nested.parquet", SCHEMA)
+    assert info.value.row == 1 and info.value.column == "weight"
+
+
 def test_unsupported_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match="no such file"):
         load_site_table(tmp_path / "absent.csv", SCHEMA)
@@ -104,8 +120,11 @@ def test_unsupported_and_missing_files(tmp_path: Path) -> None:
 
 def test_regression_task_keeps_real_targets(tmp_path: Path) -> None:
     schema = FederationSchema.from_dict(
-        {"target": "y", "task": "regression",
-         "features": [{"name": "x", "type": "float", "min": 0, "max": 10}]}
+        {
+            "target": "y",
+            "task": "regression",
+            "features": [{"name": "x", "type": "float", "min": 0, "max": 10}],
+        }
     )
     ds = load_site_table(write(tmp_path, "x,y\n1,2.5\n3,-7.25\n"), schema)
     assert ds.task is Task.REGRESSION
@@ -130,17 +149,27 @@ def test_toml_round_trip(tmp_path: Path) -> None:
         ({"target": "y", "features": []}, "features: at least one"),
         ({"target": "y", "features": "age"}, "features: expected a list"),
         ({"target": "y", "features": [{"name": "a", "type": "int"}]}, "need 'min' and 'max'"),
-        ({"target": "y", "features": [{"name": "a", "type": "real", "min": 0, "max": 1}]},
-         r"features\[0\]\.type"),
-        ({"target": "y", "features": [{"name": "a", "type": "float", "min": 2, "max": 1}]},
-         "must be <"),
-        ({"target": "y", "features": [{"name": "a", "type": "categorical", "levels": [1]}]},
-         "at least 2"),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "real", "min": 0, "max": 1}]},
+            r"features\[0\]\.type",
+        ),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "float", "min": 2, "max": 1}]},
+            "must be <",
+        ),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "categorical", "levels": [1]}]},
+            "at least 2",
+        ),
         ({"target": "a", "features": [{"name": "a", "type": "binary"}]}, "also listed"),
-        ({"target": "y", "task": "survival", "features": [{"name": "a", "type": "binary"}]},
-         "task"),
-        ({"target": "y", "features": [{"name": "a", "type": "binary", "units": "kg"}]},
-         "unknown keys"),
+        (
+            {"target": "y", "task": "survival", "features": [{"name": "a", "type": "binary"}]},
+            "task",
+        ),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "binary", "units": "kg"}]},
+            "unknown keys",
+        ),
         ({"features": [{"name": "a", "type": "binary"}]}, "target"),
     ],
 )
