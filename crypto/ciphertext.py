@@ -79,7 +79,8 @@ def decode_chunk(params: CkksParams, q: int, key_id: str, blob: bytes) -> ChunkC
     ``key_id``; raises :class:`InvalidUpdate`."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise InvalidUpdate(f"chunk blob must be bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
+    if not isinstance(blob, bytes):
+        blob = bytes(blob)
     if len(blob) < _HEADER.size:
         raise InvalidUpdate(f"chunk blob truncated: {len(blob)} bytes, header needs {_HEADER.size}")
     magic, version, kind, pfp, kid, lfp, chunk_id, n_values = _HEADER.unpack_from(blob)
@@ -109,7 +110,7 @@ def decode_chunk(params: CkksParams, q: int, key_id: str, blob: bytes) -> ChunkC
         raise InvalidUpdate(
             f"chunk blob has {len(blob)} bytes, expected {expected} (truncated or padded)"
         )
-    coeffs = _rns.unpack60(blob[_HEADER.size :], 2 * n).reshape(2, n)
+    coeffs = _rns.unpack60(memoryview(blob)[_HEADER.size :], 2 * n).reshape(2, n)
     if int(coeffs.max()) >= q:
         raise InvalidUpdate("ciphertext coefficient not reduced modulo the data prime")
     coeffs.setflags(write=False)
