@@ -39,6 +39,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--participants", type=int, default=13)
     p.add_argument("--preset", default="n4096", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-weight",
+        type=int,
+        default=100,
+        help="weights (local iterations) drawn in [max/5, max]",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the JSON here too")
     return p.parse_args(argv)
 
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Clipped-update-like data: |x| <= 1, integer weights = local iteration counts.
     vectors = [rng.uniform(-1.0, 1.0, n_params) for _ in range(k)]
-    weights = [int(w) for w in rng.integers(20, 101, size=k)]
+    weights = [int(w) for w in rng.integers(args.max_weight // 5, args.max_weight + 1, size=k)]
     if sum(weights) > params.max_weight_sum:
         raise SystemExit(f"weights sum {sum(weights)} > max_weight_sum {params.max_weight_sum}")
 
