@@ -237,3 +237,15 @@ def test_n8192_preset_round_trip() -> None:
     agg = weighted_sum(pub, [encrypt_update(pub, layout, v) for v in vs], [3, 5])
     new = apply_aggregate(np.zeros(layout.total), layout, sec._decrypt_exact(agg), agg.normalizers)
     assert np.abs(new - (3 * vs[0] + 5 * vs[1]) / 8).max() < 1e-6
+
+
+def test_save_path_is_used_when_direct_read_is_disabled(
+    monkeypatch: pytest.MonkeyPatch, secret: SecretContext
+) -> None:
+    monkeypatch.setattr(_seal, "_FAST_ENABLED", False)
+    pub = PublicContext(PARAMS, secret.public()._public_key_blob)  # fresh SEAL context
+    layout = ChunkLayout.from_shapes([("w", (100,))], CHUNK)
+    v = np.linspace(-1, 1, 100)
+    agg = weighted_sum(pub, [encrypt_update(pub, layout, v)] * 2, [1, 2])
+    assert pub._seal_ctx._fast_ok is False
+    assert np.abs(secret._decrypt_exact(agg)[0] - 3 * v).max() < 1e-6
