@@ -65,8 +65,9 @@ def _sparse_vector(rng: np.random.Generator, total: int, density: float) -> np.n
 
 
 @settings(
-    max_examples=12,
+    max_examples=20,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
@@ -203,7 +204,7 @@ def _load_pk(public: PublicContext) -> object:
     return pk
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     st.lists(st.integers(0, 2**60 - 1), min_size=0, max_size=40).filter(lambda x: len(x) % 2 == 0)
 )
