@@ -13,26 +13,17 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health
-
-import crypto
 from cipherfed.config import ConfigError, resolve_preset
 from cipherfed.provisioning import Kit, ProvisioningError, load_kit, read_passphrase
-from crypto import SigningKey, VerifyKey
-from crypto.auditlog import HashChainLog
-from keyholder.engine import KeyHolder
-from keyholder.keystore import (
-    KeyStoreError,
-    atomic_write,
-    ensure_private_dir,
-    load_or_create_secret,
-)
-from keyholder.policy import PolicyConfig, Trust
-from keyholder.service import KeyHolderService, build_server
-from keyholder.store import DecryptionStore, StoreError
-from proto.transport import TlsIdentity, serve_until_signal
+
+if TYPE_CHECKING:  # heavy imports (TenSEAL, gRPC) only when the command runs
+    import grpc
+    from grpc_health.v1 import health
+
+    from crypto.auditlog import HashChainLog
+    from keyholder.store import DecryptionStore
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +76,15 @@ class RunningKeyHolder:
 
 def start(args: argparse.Namespace) -> RunningKeyHolder:
     """Build and start the server (used by :func:`run` and by tests in-process)."""
+    import crypto
+    from crypto import SigningKey, VerifyKey
+    from crypto.auditlog import HashChainLog
+    from keyholder.engine import KeyHolder
+    from keyholder.keystore import atomic_write, ensure_private_dir, load_or_create_secret
+    from keyholder.policy import PolicyConfig, Trust
+    from keyholder.service import KeyHolderService, build_server
+    from keyholder.store import DecryptionStore
+    from proto.transport import TlsIdentity
 
     kit = load_kit(args.kit, expect_role="keyholder")
     cfg = kit.config
@@ -135,6 +135,10 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
 
 
 def run(args: argparse.Namespace) -> int:
+    from keyholder.keystore import KeyStoreError
+    from keyholder.store import StoreError
+    from proto.transport import serve_until_signal
+
     try:
         running = start(args)
     except (ConfigError, ProvisioningError, KeyStoreError, StoreError, OSError) as exc:
