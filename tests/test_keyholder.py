@@ -36,6 +36,7 @@ from keyholder.policy import PolicyConfig, PolicyRefusal, Trust, evaluate
 from keyholder.store import DecryptionStore, StoreError
 from proto import cipherfed_pb2 as pb
 from proto import cipherfed_pb2_grpc as pb_grpc
+from proto.clients import KeyHolderClient
 from proto.streams import assemble_blob
 from proto.transport import TlsIdentity, check_health, create_channel
 from proto.wire import (
@@ -422,10 +423,7 @@ def _channel(kit: Path, port: int) -> grpc.Channel:
 
 def _decrypt(kit: Path, port: int, req: DecryptRequest) -> DecryptResult:
     with _channel(kit, port) as ch:
-        stream = pb_grpc.KeyHolderStub(ch).DecryptAggregate(
-            decrypt_request_messages(req), timeout=60
-        )
-        return read_decrypt_result(stream, max_values=10**8)
+        return KeyHolderClient(ch, timeout_s=60).decrypt(req, max_values=10**8)
 
 
 def _code(kit: Path, port: int, req: DecryptRequest) -> tuple[grpc.StatusCode, str]:
@@ -490,6 +488,7 @@ def test_service_restart_keeps_key_and_rounds(world: World, tmp_path: Path) -> N
             blob = assemble_blob(
                 pb_grpc.KeyHolderStub(ch).GetPublicContext(pb.ContextRequest()), max_size=10**8
             )
+            assert KeyHolderClient(ch).public_context("kh-test", PARAMS.fingerprint) == blob
         served = World(**{**world.__dict__, "public": PublicContext.from_bytes(blob)})
         ups = [served.update("site-a", 1, 21), served.update("site-c", 1, 23)]
         _decrypt(world.kits.coordinator_kit, kh.port, served.request(1, ups))
