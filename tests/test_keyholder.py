@@ -45,8 +45,6 @@ from proto.wire import (
     DecryptRequest,
     DecryptResult,
     SignedEnvelope,
-    decrypt_request_messages,
-    read_decrypt_result,
 )
 
 PARAMS = PRESETS["n4096"]
