@@ -76,6 +76,7 @@ class RunningKeyHolder:
 
 def start(args: argparse.Namespace) -> RunningKeyHolder:
     """Build and start the server (used by :func:`run` and by tests in-process)."""
+    kit = load_kit(args.kit, expect_role="keyholder")  # fail fast, before heavy imports
     import crypto
     from crypto import SigningKey, VerifyKey
     from crypto.auditlog import HashChainLog
@@ -86,7 +87,6 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
     from keyholder.store import DecryptionStore
     from proto.transport import TlsIdentity
 
-    kit = load_kit(args.kit, expect_role="keyholder")
     cfg = kit.config
     preset = resolve_preset(cfg)
     if preset not in crypto.PRESETS:

@@ -1,0 +1,111 @@
+"""``cipherfed keyholder`` as a real process: first start, health, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cipherfed.config import loads_config
+from cipherfed.provisioning import ProvisionResult, provision
+from crypto import VerifyKey
+from crypto.auditlog import read_log, verify_log
+from proto.transport import TlsIdentity, check_health, create_channel
+
+ROOT = Path(__file__).resolve().parent.parent
+FED = """
+[federation]
+id = "cli-test"
+min_participants = 1
+rounds = 1
+[network]
+coordinator = "127.0.0.1:0"
+keyholder = "127.0.0.1:0"
+[[sites]]
+id = "site-a"
+data = "actg175:0"
+[crypto]
+preset = "n4096"
+"""
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory: pytest.TempPathFactory) -> ProvisionResult:
+    return provision(loads_config(FED), tmp_path_factory.mktemp("cli") / "fed")
+
+
+def _start(kits: ProvisionResult, state: Path) -> tuple[subprocess.Popen[str], int]:
+    port_file = state / "keyholder.port"
+    port_file.unlink(missing_ok=True)
+    cmd = [
+        sys.executable, "-m", "cipherfed.cli", "keyholder",
+        "--kit", str(kits.keyholder_kit), "--state", str(state),
+        "--address", "127.0.0.1:0", "--grace", "1", "--scrypt-log2n", "10",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"key holder did not start: {out}\n{err}")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, err
+
+
+def test_keyholder_process_lifecycle(kits: ProvisionResult, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc, port = _start(kits, state)
+    try:
+        identity = TlsIdentity.from_kit(kits.coordinator_kit)
+        with create_channel(f"127.0.0.1:{port}", identity) as ch:
+            assert check_health(ch, "cipherfed.v1.KeyHolder", timeout_s=10)
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert (state / "secret_key.enc").stat().st_mode & 0o777 == 0o600
+    assert oct(state.stat().st_mode & 0o777) == oct(0o700)
+    first_key = (state / "secret_key.enc").read_bytes()
+
+    proc, port = _start(kits, state)  # restart: the stored key is reused
+    code, err = _stop(proc)
+    assert code == 0, err
+    assert (state / "secret_key.enc").read_bytes() == first_key
+    vk = VerifyKey.from_bytes(kits.roster.keyholder.verify_key)
+    kinds = [e.kind for e in read_log(state / "audit.jsonl")]
+    assert verify_log(state / "audit.jsonl", vk) == len(kinds)
+    assert kinds == [
+        "keys.generated",
+        "keyholder.started",
+        "keyholder.stopped",
+        "keyholder.started",
+        "keyholder.stopped",
+    ]
+
+
+def test_keyholder_refuses_bad_start(kits: ProvisionResult, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "cipherfed.cli", "keyholder",
+        "--kit", str(kits.site_kits["site-a"]), "--state", str(tmp_path / "s"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "site kit, expected a keyholder kit" in done.stderr
