@@ -288,6 +288,9 @@ def test_policy_withholds_chunks_with_fewer_than_k_contributors(world: World) ->
     b = world.update("site-b", 5, 2, chunk_ids=[0])
     approval = evaluate(world.request(5, [a, b]), world.policy(), world.trust(), {})
     assert approval.released_chunks == (0,) and approval.withheld_chunks == (1,)
+    relaxed = world.policy(min_contributors_per_chunk=1)
+    all_chunks = evaluate(world.request(5, [a, b]), relaxed, world.trust(), {})
+    assert all_chunks.released_chunks == (0, 1) and all_chunks.withheld_chunks == ()
     lonely = world.update("site-b", 5, 2, chunk_ids=[1])
     only0 = world.update("site-a", 5, 1, chunk_ids=[0])
     r = _refusal(

@@ -113,6 +113,7 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
         min_participants=cfg.federation.min_participants,
         params_fingerprint=params.fingerprint,
         weighting=cfg.federation.weighting,
+        min_contributors_per_chunk=cfg.federation.min_contributors_per_chunk,
     )
     trust = Trust(
         coordinator=VerifyKey.from_bytes(kit.roster.coordinator.verify_key),
