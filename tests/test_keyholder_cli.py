@@ -101,11 +101,28 @@ def test_keyholder_process_lifecycle(kits: ProvisionResult, tmp_path: Path) -> N
     ]
 
 
-def test_keyholder_refuses_bad_start(kits: ProvisionResult, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable, "-m", "cipherfed.cli", "keyholder",
-        "--kit", str(kits.site_kits["site-a"]), "--state", str(tmp_path / "s"),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "site kit, expected a keyholder kit" in done.stderr
+def test_keyholder_refuses_bad_start(
+    kits: ProvisionResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cipherfed.cli import build_parser
+    from cipherfed.commands import keyholder as keyholder_cmd
+
+    site_kit = str(kits.site_kits["site-a"])
+    args = build_parser().parse_args(["keyholder", "--kit", site_kit, "--state", str(tmp_path)])
+    assert keyholder_cmd.run(args) == 2
+    assert "site kit, expected a keyholder kit" in capsys.readouterr().err
+    # A wrong passphrase cannot unlock an existing key.
+    state = tmp_path / "state"
+    kh_kit = str(kits.keyholder_kit)
+    argv = ["keyholder", "--kit", kh_kit, "--state", str(state), "--address", "127.0.0.1:0"]
+    running = keyholder_cmd.start(build_parser().parse_args([*argv, "--scrypt-log2n", "10"]))
+    running.stop()
+    wrong = tmp_path / "wrong"
+    wrong.write_text("a-wrong-passphrase-of-enough-length\n")
+    wrong.chmod(0o600)
+    args = build_parser().parse_args([*argv, "--passphrase-file", str(wrong)])
+    assert keyholder_cmd.run(args) == 2
+    assert "cannot unlock the secret key" in capsys.readouterr().err
+    wrong.chmod(0o644)
+    assert keyholder_cmd.run(args) == 2
+    assert "chmod 600" in capsys.readouterr().err

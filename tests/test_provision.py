@@ -175,7 +175,7 @@ def test_refuses_nonempty_output_and_reserved_names(tmp_path: Path) -> None:
         provision(loads_config(reserved), tmp_path / "new")
 
 
-def test_provision_command(tmp_path: Path) -> None:
+def test_provision_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fed = tmp_path / "federation.toml"
     fed.write_text(dumps_config(loads_config(FED)))
     cmd = [sys.executable, "-m", "cipherfed.cli", "provision", str(fed), "--out"]
@@ -183,13 +183,21 @@ def test_provision_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "site site-a" in done.stdout
     assert load_kit(tmp_path / "out" / "sites" / "site-b").name == "site-b"
+    # Failures, in-process (the CLI's exit code and message).
+    from cipherfed.cli import build_parser
+    from cipherfed.commands import provision as provision_cmd
+
     bad = tmp_path / "bad.toml"
     bad.write_text(FED.replace("min_participants = 2", "min_participants = 0"))
-    failed = subprocess.run(
-        [*cmd[:-2], str(bad), "--out", str(tmp_path / "o3")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert failed.returncode == 2 and "[federation].min_participants" in failed.stderr
+    args = build_parser().parse_args(["provision", str(bad), "--out", str(tmp_path / "o3")])
+    assert provision_cmd.run(args) == 2
+    assert "[federation].min_participants" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists()
+    args = build_parser().parse_args(["provision", str(fed), "--out", str(tmp_path / "out")])
+    assert provision_cmd.run(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    args = build_parser().parse_args(
+        ["provision", str(fed), "--out", str(tmp_path / "o4"), "--days", "0"]
+    )
+    assert provision_cmd.run(args) == 2
+    assert "--days" in capsys.readouterr().err
