@@ -323,7 +323,7 @@ def _engine(world: World, state: Path) -> tuple[KeyHolder, DecryptionStore, Hash
 
 
 def _check_sum(world: World, result: DecryptResult, ups: Sequence[Update]) -> None:
-    expected = sum(u.weight * u.vector for u in ups)
+    expected = np.sum([u.weight * u.vector for u in ups], axis=0)
     for cid, sums in result.sums.items():
         sl = world.layout.chunk_slice(cid)
         err = np.max(np.abs(sums - expected[sl]))
