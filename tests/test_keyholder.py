@@ -367,6 +367,24 @@ def test_engine_grants_once_persists_and_logs(world: World, tmp_path: Path) -> N
     assert refused["code"] == "FAILED_PRECONDITION" and "already decrypted" in refused["reason"]
 
 
+def test_engine_refuses_aggregate_under_another_key_without_burning_round(
+    world: World, tmp_path: Path
+) -> None:
+    engine, store, _audit = _engine(world, tmp_path)
+    other_public = SecretContext.generate(PARAMS).public()
+    foreign = World(**{**world.__dict__, "public": other_public})
+    bad_ups = [foreign.update("site-a", 1, 1), foreign.update("site-b", 1, 2)]
+    with pytest.raises(PolicyRefusal) as info:
+        engine.decrypt(foreign.request(1, bad_ups), "coordinator")
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert store.decrypted_rounds() == {}
+    ups = [world.update("site-a", 1, 1), world.update("site-b", 1, 2)]
+    _check_sum(world, engine.decrypt(world.request(1, ups), "coordinator"), ups)
+    store.close()
+    kinds = [e.kind for e in read_log(tmp_path / "audit.jsonl")]
+    assert kinds == ["decrypt.refused", "decrypt.granted"]
+
+
 def test_store_refuses_foreign_state(tmp_path: Path) -> None:
     DecryptionStore(tmp_path / "s.sqlite", "fed-a", "a" * 64).close()
     with pytest.raises(StoreError, match="federation_id"):
