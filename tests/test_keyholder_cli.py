@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +20,24 @@ from crypto.auditlog import read_log, verify_log
 from proto.transport import TlsIdentity, check_health, create_channel
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Run one cipherfed command in its own process without importing every other command
+# (``cipherfed.cli`` loads them all; in-process tests cover its dispatch).
+COMMAND_LAUNCHER = (
+    "import argparse, importlib, logging, sys;"
+    "m = importlib.import_module('cipherfed.commands.' + sys.argv[1]);"
+    "p = argparse.ArgumentParser(); m.add_arguments(p);"
+    "logging.basicConfig(level=logging.INFO);"
+    "sys.exit(m.run(p.parse_args(sys.argv[2:])))"
+)
+
+
+def _parse(module: ModuleType, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
 FED = """
 [federation]
 id = "cli-test"
@@ -43,7 +63,7 @@ def _start(kits: ProvisionResult, state: Path) -> tuple[subprocess.Popen[str], i
     port_file = state / "keyholder.port"
     port_file.unlink(missing_ok=True)
     cmd = [
-        sys.executable, "-m", "cipherfed.cli", "keyholder",
+        sys.executable, "-c", COMMAND_LAUNCHER, "keyholder",
         "--kit", str(kits.keyholder_kit), "--state", str(state),
         "--address", "127.0.0.1:0", "--grace", "1", "--scrypt-log2n", "10",
     ]  # fmt: skip
@@ -104,23 +124,22 @@ def test_keyholder_process_lifecycle(kits: ProvisionResult, tmp_path: Path) -> N
 def test_keyholder_refuses_bad_start(
     kits: ProvisionResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cipherfed.cli import build_parser
     from cipherfed.commands import keyholder as keyholder_cmd
 
     site_kit = str(kits.site_kits["site-a"])
-    args = build_parser().parse_args(["keyholder", "--kit", site_kit, "--state", str(tmp_path)])
+    args = _parse(keyholder_cmd, ["--kit", site_kit, "--state", str(tmp_path)])
     assert keyholder_cmd.run(args) == 2
     assert "site kit, expected a keyholder kit" in capsys.readouterr().err
     # A wrong passphrase cannot unlock an existing key.
     state = tmp_path / "state"
     kh_kit = str(kits.keyholder_kit)
-    argv = ["keyholder", "--kit", kh_kit, "--state", str(state), "--address", "127.0.0.1:0"]
-    running = keyholder_cmd.start(build_parser().parse_args([*argv, "--scrypt-log2n", "10"]))
+    argv = ["--kit", kh_kit, "--state", str(state), "--address", "127.0.0.1:0"]
+    running = keyholder_cmd.start(_parse(keyholder_cmd, [*argv, "--scrypt-log2n", "10"]))
     running.stop()
     wrong = tmp_path / "wrong"
     wrong.write_text("a-wrong-passphrase-of-enough-length\n")
     wrong.chmod(0o600)
-    args = build_parser().parse_args([*argv, "--passphrase-file", str(wrong)])
+    args = _parse(keyholder_cmd, [*argv, "--passphrase-file", str(wrong)])
     assert keyholder_cmd.run(args) == 2
     assert "cannot unlock the secret key" in capsys.readouterr().err
     wrong.chmod(0o644)
