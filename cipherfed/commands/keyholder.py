@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +130,8 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
     address = args.address or cfg.network.keyholder
     server, port, health_servicer = build_server(service, TlsIdentity.from_kit(kit.path), address)
     server.start()
-    atomic_write(state / PORT_FILE, f"{port}\n".encode(), 0o644)
     audit.append("keyholder.started", {"port": port, "preset": params.name})
+    atomic_write(state / PORT_FILE, f"{port}\n".encode(), 0o644)  # readiness, written last
     logger.info("key holder of %s serving on port %d", cfg.federation.id, port)
     return RunningKeyHolder(server, port, health_servicer, kit, store, audit)
 
@@ -138,18 +139,25 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
 def run(args: argparse.Namespace) -> int:
     from keyholder.keystore import KeyStoreError
     from keyholder.store import StoreError
-    from proto.transport import serve_until_signal
+    from proto.transport import install_stop_signals, serve_until_signal
 
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = install_stop_signals()  # before readiness is announced
     try:
-        running = start(args)
-    except (ConfigError, ProvisioningError, KeyStoreError, StoreError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"keyholder listening on port {running.port}", flush=True)
-    serve_until_signal(
-        running.server,
-        grace_s=args.grace,
-        health_servicer=running.health,
-        on_stop=running.closed,
-    )
-    return 0
+        try:
+            running = start(args)
+        except (ConfigError, ProvisioningError, KeyStoreError, StoreError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"keyholder listening on port {running.port}", flush=True)
+        serve_until_signal(
+            running.server,
+            grace_s=args.grace,
+            health_servicer=running.health,
+            on_stop=running.closed,
+            stop=stop,
+        )
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
