@@ -18,7 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto import _rns
-from crypto.ciphertext import ChunkHeader, ChunkKind, decode_coeffs, decode_header, encode_chunk
+from crypto.ciphertext import (
+    ChunkHeader,
+    ChunkKind,
+    decode_coeffs,
+    decode_header,
+    encode_chunk,
+    header_size,
+)
 from crypto.context import PublicContext
 from crypto.errors import InvalidUpdate
 from crypto.packing import ChunkLayout
@@ -103,6 +110,63 @@ class EncryptedAggregate:
         return cls(chunks, norms, pfp.hex(), lfp.hex())
 
 
+#: chunks summed together per numpy call: fewer calls, arrays still cache-sized (measured:
+#: 8 chunks of N=4096 is ~25% faster than one at a time; larger groups fall out of cache,
+#: and threads do not help at these sizes)
+_GROUP_CHUNKS = 8
+
+
+def _sum_group(
+    ctx: PublicContext,
+    group: list[int],
+    by_chunk: Mapping[int, list[tuple[int, int, ChunkHeader]]],
+    updates: Sequence[EncryptedUpdate],
+    weights: Sequence[int],
+    layout_fp: str,
+) -> list[tuple[int, bytes, int]]:
+    """Sum the chunks ``group`` with one unpack and one multiply-add per participant.
+
+    A participant that did not send a chunk of the group contributes zero coefficients
+    there (the encryption of nothing adds nothing); each chunk's normalizer counts only the
+    participants that sent it.
+    """
+    params = ctx.params
+    q = ctx.data_prime
+    n_coeffs = 2 * params.poly_modulus_degree
+    payload_len = _rns.packed_size(n_coeffs)
+    hsize = header_size()
+    zero = bytes(payload_len)
+    senders: dict[int, set[int]] = {cid: {k for k, _, _ in by_chunk[cid]} for cid in group}
+    members = sorted(set().union(*senders.values()))
+    arrays = []
+    for k in members:
+        blobs = updates[k].chunks
+        payload = b"".join(
+            memoryview(blobs[cid])[hsize:] if k in senders[cid] else zero for cid in group
+        )
+        coeffs = _rns.unpack60(payload, n_coeffs * len(group))
+        if int(coeffs.max()) >= q:
+            for cid in group:  # name the offending chunk
+                if k in senders[cid]:
+                    h = next(h for kk, _, h in by_chunk[cid] if kk == k)
+                    try:
+                        decode_coeffs(params, q, h)
+                    except InvalidUpdate as exc:
+                        raise InvalidUpdate(f"update {k}, chunk {cid}: {exc}") from None
+        arrays.append(coeffs)
+    summed = _rns.weighted_sum_mod(arrays, [weights[k] for k in members], q).reshape(
+        len(group), n_coeffs
+    )
+    out = []
+    for i, cid in enumerate(group):
+        n_values = by_chunk[cid][0][2].n_values
+        blob = encode_chunk(
+            params, ctx.key_id, ChunkKind.AGGREGATE, cid, n_values, layout_fp, summed[i]
+        )
+        out.append((cid, blob, sum(weights[k] for k in senders[cid])))
+    return out
+
+
 def _check_weights(weights: Sequence[int], n_updates: int) -> list[int]:
     if len(weights) != n_updates:
         raise ValueError(f"{len(weights)} weights for {n_updates} updates")
@@ -131,8 +195,7 @@ def weighted_sum(
         raise ValueError("weighted_sum needs at least one update")
     ws = _check_weights(weights, len(updates))
     params = ctx.params
-    q = ctx.data_prime
-    # pass 1: every header (cheap); pass 2, chunk by chunk: coefficients, sum, encode
+    # pass 1: every header (cheap); pass 2, in groups of chunks: coefficients, sum, encode
     by_chunk: dict[int, list[tuple[int, int, ChunkHeader]]] = {}
     layout_fp: str | None = None
     for k, upd in enumerate(updates):
@@ -164,22 +227,16 @@ def weighted_sum(
                 f"chunk {cid}: weight sum {total} exceeds max_weight_sum "
                 f"{params.max_weight_sum} of preset {params.name}"
             )
+    lfp: str = layout_fp
+    order = sorted(by_chunk)
+    groups = [order[i : i + _GROUP_CHUNKS] for i in range(0, len(order), _GROUP_CHUNKS)]
+
     chunks: dict[int, bytes] = {}
     norms: dict[int, int] = {}
-    for cid in sorted(by_chunk):
-        entries = by_chunk[cid]
-        arrays = []
-        for k, _, h in entries:
-            try:
-                arrays.append(decode_coeffs(params, q, h))
-            except InvalidUpdate as exc:
-                raise InvalidUpdate(f"update {k}, chunk {cid}: {exc}") from None
-        weights_c = [w for _, w, _ in entries]
-        summed = _rns.weighted_sum_mod(arrays, weights_c, q)
-        chunks[cid] = encode_chunk(
-            params, ctx.key_id, ChunkKind.AGGREGATE, cid, entries[0][2].n_values, layout_fp, summed
-        )
-        norms[cid] = sum(weights_c)
+    for group in groups:
+        for cid, blob, norm in _sum_group(ctx, group, by_chunk, updates, ws, lfp):
+            chunks[cid] = blob
+            norms[cid] = norm
     logger.debug("weighted sum of %d updates over %d chunks", len(updates), len(chunks))
     return EncryptedAggregate(chunks, norms, params.fingerprint, layout_fp)
 

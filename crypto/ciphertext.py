@@ -70,6 +70,11 @@ def encode_chunk(
     return header + _rns.pack60(coeffs)
 
 
+def header_size() -> int:
+    """Bytes before the packed coefficients of a chunk blob."""
+    return _HEADER.size
+
+
 def blob_size(params: CkksParams) -> int:
     return _HEADER.size + _rns.packed_size(2 * params.poly_modulus_degree)
 
