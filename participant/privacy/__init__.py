@@ -1,0 +1,1 @@
+"""Privacy step of a site."""
