@@ -162,9 +162,7 @@ def event_from_json(text: str) -> dp_accounting.DpEvent:
 class _PurePLDAccountant(PLDAccountant):  # type: ignore[misc]
     """PLD accountant that also composes :class:`PureEpsilonDpEvent`."""
 
-    def _maybe_compose(
-        self, event: dp_accounting.DpEvent, count: int, do_compose: bool
-    ) -> Any:
+    def _maybe_compose(self, event: dp_accounting.DpEvent, count: int, do_compose: bool) -> Any:
         if isinstance(event, PureEpsilonDpEvent):
             if do_compose and event.epsilon > 0:
                 pld = pld_lib.from_privacy_parameters(
