@@ -99,93 +99,27 @@ class BlobChunk(_message.Message):
 Global___BlobChunk: _TypeAlias = BlobChunk  # noqa: Y015
 
 @_typing.final
-class Envelope(_message.Message):
-    """The fields a site signs (Ed25519) for one update: mirrors crypto.UpdateEnvelope. The
-    signature covers UpdateEnvelope(...).canonical_bytes() rebuilt from these fields.
+class SignedEnvelope(_message.Message):
+    """A site's update envelope and its Ed25519 signature. `envelope` is exactly
+    crypto.UpdateEnvelope.canonical_bytes() (federation id, round, site id, weight, chunk ids
+    with ciphertext digests, layout and parameter fingerprints); receivers parse it with
+    crypto.UpdateEnvelope.from_canonical_bytes and verify with crypto.verify_envelope(_bytes).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class DigestsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.int
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.int = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    FEDERATION_ID_FIELD_NUMBER: _builtins.int
-    ROUND_FIELD_NUMBER: _builtins.int
-    SITE_ID_FIELD_NUMBER: _builtins.int
-    CHUNK_IDS_FIELD_NUMBER: _builtins.int
-    DIGESTS_FIELD_NUMBER: _builtins.int
-    WEIGHT_FIELD_NUMBER: _builtins.int
-    LAYOUT_FINGERPRINT_FIELD_NUMBER: _builtins.int
-    PARAMS_FINGERPRINT_FIELD_NUMBER: _builtins.int
-    federation_id: _builtins.str
-    round: _builtins.int
-    site_id: _builtins.str
-    weight: _builtins.int
-    """N_k (local iterations) by default"""
-    layout_fingerprint: _builtins.str
-    params_fingerprint: _builtins.str
-    @_builtins.property
-    def chunk_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """ascending, distinct"""
-
-    @_builtins.property
-    def digests(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
-        """chunk id -> hex SHA-256 of that ciphertext blob"""
-
-    def __init__(
-        self,
-        *,
-        federation_id: _builtins.str = ...,
-        round: _builtins.int = ...,
-        site_id: _builtins.str = ...,
-        chunk_ids: _abc.Iterable[_builtins.int] | None = ...,
-        digests: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
-        weight: _builtins.int = ...,
-        layout_fingerprint: _builtins.str = ...,
-        params_fingerprint: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_ids", b"chunk_ids", "digests", b"digests", "federation_id", b"federation_id", "layout_fingerprint", b"layout_fingerprint", "params_fingerprint", b"params_fingerprint", "round", b"round", "site_id", b"site_id", "weight", b"weight"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
-
-@_typing.final
-class SignedEnvelope(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
     ENVELOPE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    envelope: _builtins.bytes
     signature: _builtins.bytes
-    """Ed25519 by the site's signing key"""
-    @_builtins.property
-    def envelope(self) -> Global___Envelope: ...
+    """64 bytes, by the site's signing key"""
     def __init__(
         self,
         *,
-        envelope: Global___Envelope | None = ...,
+        envelope: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -515,7 +449,7 @@ class Receipt(_message.Message):
     round: _builtins.int
     site_id: _builtins.str
     envelope_digest: _builtins.str
-    """hex SHA-256 of the envelope's canonical JSON (proto.wire)"""
+    """hex SHA-256 of the envelope's canonical bytes"""
     accepted_unix_ms: _builtins.int
     signature: _builtins.bytes
     def __init__(

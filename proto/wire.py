@@ -10,9 +10,8 @@ Signed messages (Ed25519 via ``crypto.sign_message(key, domain, payload)``):
 * decrypt request — domain :data:`DECRYPT_REQUEST_DOMAIN`, payload :meth:`DecryptRequest.digest`
 * decrypt result — domain :data:`DECRYPT_RESULT_DOMAIN`, payload :meth:`DecryptResult.digest`
 
-Update envelopes are signed by sites over ``crypto.UpdateEnvelope.canonical_bytes()``;
-here they travel as :class:`EnvelopeFields` (same field names, so
-``UpdateEnvelope(**fields.as_kwargs())`` rebuilds one).
+Update envelopes are signed by sites over ``crypto.UpdateEnvelope.canonical_bytes()`` and
+travel as exactly those bytes (:class:`SignedEnvelope`).
 """
 
 from __future__ import annotations
@@ -20,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,8 +30,6 @@ from .streams import PIECE_SIZE, BlobAssembler, MalformedStream, iter_blob_chunk
 RECEIPT_DOMAIN = "cipherfed/receipt/v1"
 DECRYPT_REQUEST_DOMAIN = "cipherfed/decrypt-request/v1"
 DECRYPT_RESULT_DOMAIN = "cipherfed/decrypt-result/v1"
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def canonical_json(obj: object) -> bytes:
@@ -46,148 +41,38 @@ def canonical_json(obj: object) -> bytes:
 # ---------------------------------------------------------------------------- envelopes
 
 
-class EnvelopeLike(Protocol):
-    @property
-    def federation_id(self) -> str: ...
-    @property
-    def round(self) -> int: ...
-    @property
-    def site_id(self) -> str: ...
-    @property
-    def chunk_ids(self) -> Iterable[int]: ...
-    @property
-    def digests(self) -> Mapping[int, str]: ...
-    @property
-    def weight(self) -> int: ...
-    @property
-    def layout_fingerprint(self) -> str: ...
-    @property
-    def params_fingerprint(self) -> str: ...
-
-
 @dataclass(frozen=True)
-class EnvelopeFields:
-    """The fields of a site's signed update envelope, validated for shape."""
+class SignedEnvelope:
+    """A site's envelope (``crypto.UpdateEnvelope.canonical_bytes()``) and its signature.
 
-    federation_id: str
-    round: int
-    site_id: str
-    chunk_ids: tuple[int, ...]
-    digests: Mapping[int, str]
-    weight: int
-    layout_fingerprint: str
-    params_fingerprint: str
+    Parsing and verification belong to the receiver (``crypto.verify_envelope_bytes``).
+    """
 
-    @classmethod
-    def of(cls, env: EnvelopeLike) -> EnvelopeFields:
-        return cls(
-            federation_id=env.federation_id,
-            round=int(env.round),
-            site_id=env.site_id,
-            chunk_ids=tuple(int(c) for c in env.chunk_ids),
-            digests={int(k): str(v) for k, v in env.digests.items()},
-            weight=int(env.weight),
-            layout_fingerprint=env.layout_fingerprint,
-            params_fingerprint=env.params_fingerprint,
-        )
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``crypto.UpdateEnvelope``."""
-        return {
-            "federation_id": self.federation_id,
-            "round": self.round,
-            "site_id": self.site_id,
-            "chunk_ids": self.chunk_ids,
-            "digests": dict(self.digests),
-            "weight": self.weight,
-            "layout_fingerprint": self.layout_fingerprint,
-            "params_fingerprint": self.params_fingerprint,
-        }
-
-    def canonical_json(self) -> bytes:
-        return canonical_json(
-            {
-                "federation_id": self.federation_id,
-                "round": self.round,
-                "site_id": self.site_id,
-                "chunk_ids": list(self.chunk_ids),
-                "digests": {str(k): v for k, v in sorted(self.digests.items())},
-                "weight": self.weight,
-                "layout_fingerprint": self.layout_fingerprint,
-                "params_fingerprint": self.params_fingerprint,
-            }
-        )
-
-    def digest(self) -> str:
-        """Hex SHA-256 of :meth:`canonical_json` (the receipt's ``envelope_digest``)."""
-        return hashlib.sha256(self.canonical_json()).hexdigest()
-
-
-@dataclass(frozen=True)
-class SignedEnvelopeFields:
-    envelope: EnvelopeFields
+    envelope: bytes
     signature: bytes
 
-
-def envelope_to_proto(env: EnvelopeLike) -> pb.Envelope:
-    f = EnvelopeFields.of(env)
-    return pb.Envelope(
-        federation_id=f.federation_id,
-        round=f.round,
-        site_id=f.site_id,
-        chunk_ids=list(f.chunk_ids),
-        digests=dict(f.digests),
-        weight=f.weight,
-        layout_fingerprint=f.layout_fingerprint,
-        params_fingerprint=f.params_fingerprint,
-    )
+    def digest(self) -> str:
+        """Hex SHA-256 of the envelope's canonical bytes (the receipt's ``envelope_digest``)."""
+        return envelope_digest(self.envelope)
 
 
-def envelope_from_proto(msg: pb.Envelope) -> EnvelopeFields:
-    """Validate the shape of an untrusted envelope (``MalformedStream`` names the problem).
-
-    The signature is checked by the caller (``crypto.verify_envelope``).
-    """
-    for name in ("federation_id", "site_id", "layout_fingerprint", "params_fingerprint"):
-        if not getattr(msg, name):
-            raise MalformedStream(f"envelope.{name} is empty")
-    if msg.round < 1:
-        raise MalformedStream("envelope.round must be >= 1")
-    if msg.weight < 1:
-        raise MalformedStream("envelope.weight must be >= 1")
-    chunk_ids = tuple(msg.chunk_ids)
-    if not chunk_ids:
-        raise MalformedStream("envelope.chunk_ids is empty")
-    if list(chunk_ids) != sorted(set(chunk_ids)):
-        raise MalformedStream("envelope.chunk_ids must be strictly ascending")
-    digests = dict(msg.digests)
-    if set(digests) != set(chunk_ids):
-        raise MalformedStream("envelope.digests must name exactly the envelope's chunk ids")
-    for cid, d in digests.items():
-        if not _HEX64.match(d):
-            raise MalformedStream(f"envelope.digests[{cid}] is not a hex SHA-256")
-    return EnvelopeFields(
-        federation_id=msg.federation_id,
-        round=msg.round,
-        site_id=msg.site_id,
-        chunk_ids=chunk_ids,
-        digests=digests,
-        weight=msg.weight,
-        layout_fingerprint=msg.layout_fingerprint,
-        params_fingerprint=msg.params_fingerprint,
-    )
+def envelope_digest(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()
 
 
-def signed_envelope_to_proto(env: EnvelopeLike, signature: bytes) -> pb.SignedEnvelope:
-    return pb.SignedEnvelope(envelope=envelope_to_proto(env), signature=signature)
+def signed_envelope_to_proto(env: SignedEnvelope) -> pb.SignedEnvelope:
+    return pb.SignedEnvelope(envelope=env.envelope, signature=env.signature)
 
 
-def signed_envelope_from_proto(msg: pb.SignedEnvelope) -> SignedEnvelopeFields:
-    if not msg.HasField("envelope"):
-        raise MalformedStream("signed envelope lacks its envelope")
+def signed_envelope_from_proto(msg: pb.SignedEnvelope) -> SignedEnvelope:
+    """Shape checks only: non-empty envelope (<= 1 MiB), a 64-byte signature."""
+    if not msg.envelope:
+        raise MalformedStream("signed envelope is empty")
+    if len(msg.envelope) > PIECE_SIZE:
+        raise MalformedStream("signed envelope is larger than 1 MiB")
     if len(msg.signature) != 64:
         raise MalformedStream("envelope signature must be 64 bytes (Ed25519)")
-    return SignedEnvelopeFields(envelope_from_proto(msg.envelope), bytes(msg.signature))
+    return SignedEnvelope(bytes(msg.envelope), bytes(msg.signature))
 
 
 # ---------------------------------------------------------------------------- receipts
@@ -245,7 +130,7 @@ class DecryptRequest:
     federation_id: str
     round: int
     normalizers: Mapping[int, int]
-    envelopes: tuple[SignedEnvelopeFields, ...]
+    envelopes: tuple[SignedEnvelope, ...]
     params_fingerprint: str
     layout_fingerprint: str
     aggregate: bytes  # crypto.EncryptedAggregate.to_bytes()
@@ -262,7 +147,7 @@ class DecryptRequest:
             "federation_id": self.federation_id,
             "round": self.round,
             "normalizers": [[int(k), int(v)] for k, v in sorted(self.normalizers.items())],
-            "envelopes": sorted([e.envelope.digest(), e.signature.hex()] for e in self.envelopes),
+            "envelopes": sorted([e.digest(), e.signature.hex()] for e in self.envelopes),
             "params_fingerprint": self.params_fingerprint,
             "layout_fingerprint": self.layout_fingerprint,
             "aggregate_size": len(self.aggregate),
@@ -291,10 +176,7 @@ def decrypt_request_messages(
         federation_id=req.federation_id,
         round=req.round,
         normalizers={int(k): int(v) for k, v in req.normalizers.items()},
-        envelopes=[
-            pb.SignedEnvelope(envelope=envelope_to_proto(e.envelope), signature=e.signature)
-            for e in req.envelopes
-        ],
+        envelopes=[signed_envelope_to_proto(e) for e in req.envelopes],
         params_fingerprint=req.params_fingerprint,
         layout_fingerprint=req.layout_fingerprint,
         aggregate_size=len(req.aggregate),
@@ -480,15 +362,12 @@ __all__ = [
     "RECEIPT_DOMAIN",
     "DecryptRequest",
     "DecryptResult",
-    "EnvelopeFields",
-    "EnvelopeLike",
     "ReceiptFields",
-    "SignedEnvelopeFields",
+    "SignedEnvelope",
     "canonical_json",
     "decrypt_request_messages",
     "decrypt_result_messages",
-    "envelope_from_proto",
-    "envelope_to_proto",
+    "envelope_digest",
     "read_decrypt_request",
     "read_decrypt_result",
     "receipt_from_proto",
