@@ -25,16 +25,24 @@ MAX_WEIGHT_SUM = 2**20 - 1
 
 
 def pack60(coeffs: U64) -> bytes:
-    """Pack values below ``2**60`` into 7.5 bytes each (two values in 15 bytes)."""
+    """Pack values below ``2**60`` into 7.5 bytes each (two values in 15 bytes).
+
+    Pair ``i`` occupies bytes ``[15 i, 15 i + 15)`` as the 120-bit little-endian integer
+    ``a + b * 2**60``; it is written as two overlapping 8-byte words (bytes 0-7 and 7-14),
+    which agree on their shared byte.
+    """
     flat = np.ascontiguousarray(coeffs, dtype=np.uint64).reshape(-1)
     if flat.size % 2:
         raise ValueError("pack60 needs an even number of values")
+    pairs = flat.size // 2
     a = flat[0::2]
     b = flat[1::2]
-    out = np.empty((a.size, 2), dtype="<u8")
-    out[:, 0] = a | (b << _S60)
-    out[:, 1] = b >> _S4
-    return out.view(np.uint8).reshape(a.size, 16)[:, :15].tobytes()
+    buf = bytearray(pairs * 15 + 1)  # one spare byte so the last 8-byte word fits
+    low = np.ndarray((pairs,), dtype="<u8", buffer=buf, offset=0, strides=(15,))
+    high = np.ndarray((pairs,), dtype="<u8", buffer=buf, offset=7, strides=(15,))
+    low[...] = a | (b << _S60)
+    high[...] = (b << _S4) | ((a >> np.uint64(56)) & np.uint64(0xF))
+    return bytes(buf[: pairs * 15])
 
 
 def unpack60(data: bytes, count: int) -> U64:
@@ -42,13 +50,18 @@ def unpack60(data: bytes, count: int) -> U64:
     if count % 2 or len(data) != count // 2 * 15:
         raise ValueError(f"packed length {len(data)} does not hold {count} values")
     pairs = count // 2
-    buf = np.zeros((pairs, 16), dtype=np.uint8)
-    buf[:, :15] = np.frombuffer(data, dtype=np.uint8).reshape(pairs, 15)
-    words = buf.view("<u8").reshape(pairs, 2)
-    out = np.empty(count, dtype=np.uint64)
-    out[0::2] = words[:, 0] & _MASK60
-    out[1::2] = (words[:, 0] >> _S60) | (words[:, 1] << _S4)
-    return out
+    if pairs == 0:
+        return np.zeros(0, dtype=np.uint64)
+    buf = memoryview(data)
+    out = np.empty((pairs, 2), dtype=np.uint64)
+    # the last pair's low word would overrun by one byte: read it separately
+    low = np.ndarray((pairs - 1,), dtype="<u8", buffer=buf, offset=0, strides=(15,))
+    high = np.ndarray((pairs,), dtype="<u8", buffer=buf, offset=7, strides=(15,))
+    np.bitwise_and(low, _MASK60, out=out[:-1, 0])
+    tail = int.from_bytes(bytes(buf[(pairs - 1) * 15 : (pairs - 1) * 15 + 8]), "little")
+    out[-1, 0] = tail & ((1 << 60) - 1)
+    np.right_shift(high, _S4, out=out[:, 1])
+    return out.reshape(-1)
 
 
 def packed_size(count: int) -> int:

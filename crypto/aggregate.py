@@ -139,7 +139,7 @@ def weighted_sum(
             raise TypeError(f"update {k} must be an EncryptedUpdate, got {type(upd).__name__}")
         for cid, blob in upd.chunks.items():
             try:
-                ct = decode_chunk(params, q, blob)
+                ct = decode_chunk(params, q, ctx.key_id, blob)
             except InvalidUpdate as exc:
                 raise InvalidUpdate(f"update {k}, chunk {cid}: {exc}") from None
             if ct.kind is not ChunkKind.UPDATE:
@@ -168,7 +168,7 @@ def weighted_sum(
             )
         summed = _rns.weighted_sum_mod([ct.coeffs for _, ct in entries], [w for w, _ in entries], q)
         chunks[cid] = encode_chunk(
-            params, ChunkKind.AGGREGATE, cid, n_values.pop(), layout_fp, summed
+            params, ctx.key_id, ChunkKind.AGGREGATE, cid, n_values.pop(), layout_fp, summed
         )
         norms[cid] = total
     logger.debug("weighted sum of %d updates over %d chunks", len(updates), len(chunks))

@@ -1,7 +1,8 @@
 """Wire format of one encrypted chunk, and its validation at the boundary.
 
-``b"CFct" | version u8 | kind u8 | params fingerprint (32) | layout fingerprint (32) |
-chunk id u32 | number of real values u32 | 2*N coefficients packed at 60 bits``
+``b"CFct" | version u8 | kind u8 | params fingerprint (32) | public-key id (32) |
+layout fingerprint (32) | chunk id u32 | number of real values u32 |
+2*N coefficients packed at 60 bits``
 (little-endian). The coefficients are a size-2 CKKS ciphertext at the single data prime, in
 NTT form; 15 bytes per real value.
 """
@@ -20,7 +21,9 @@ from crypto.errors import InvalidUpdate
 from crypto.params import FORMAT_VERSION, CkksParams
 
 MAGIC = b"CFct"
-_HEADER = struct.Struct("<4sBB32s32sII")
+_HEADER = struct.Struct("<4sBB32s32s32sII")
+KEY_ID_OFFSET = 38
+LAYOUT_FP_OFFSET = 70
 
 
 class ChunkKind(IntEnum):
@@ -38,6 +41,8 @@ class ChunkCiphertext:
     chunk_id: int
     n_values: int
     params_fingerprint: str
+    key_id: str
+    """Hex SHA-256 of the public key the chunk was encrypted under."""
     layout_fingerprint: str
     coeffs: npt.NDArray[np.uint64]
     """Read-only ``uint64[2, N]``, every entry below the data prime."""
@@ -45,6 +50,7 @@ class ChunkCiphertext:
 
 def encode_chunk(
     params: CkksParams,
+    key_id: str,
     kind: ChunkKind,
     chunk_id: int,
     n_values: int,
@@ -56,6 +62,7 @@ def encode_chunk(
         FORMAT_VERSION,
         int(kind),
         params.fingerprint_bytes,
+        bytes.fromhex(key_id),
         bytes.fromhex(layout_fingerprint),
         chunk_id,
         n_values,
@@ -67,14 +74,15 @@ def blob_size(params: CkksParams) -> int:
     return _HEADER.size + _rns.packed_size(2 * params.poly_modulus_degree)
 
 
-def decode_chunk(params: CkksParams, q: int, blob: bytes) -> ChunkCiphertext:
-    """Parse and validate an untrusted chunk blob; raises :class:`InvalidUpdate`."""
+def decode_chunk(params: CkksParams, q: int, key_id: str, blob: bytes) -> ChunkCiphertext:
+    """Parse and validate an untrusted chunk blob made for ``params`` under the public key
+    ``key_id``; raises :class:`InvalidUpdate`."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise InvalidUpdate(f"chunk blob must be bytes, got {type(blob).__name__}")
     blob = bytes(blob)
     if len(blob) < _HEADER.size:
         raise InvalidUpdate(f"chunk blob truncated: {len(blob)} bytes, header needs {_HEADER.size}")
-    magic, version, kind, pfp, lfp, chunk_id, n_values = _HEADER.unpack_from(blob)
+    magic, version, kind, pfp, kid, lfp, chunk_id, n_values = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise InvalidUpdate("not a CipherFed ciphertext chunk (bad magic)")
     if version != FORMAT_VERSION:
@@ -88,6 +96,11 @@ def decode_chunk(params: CkksParams, q: int, blob: bytes) -> ChunkCiphertext:
             f"ciphertext made for CKKS parameters {pfp.hex()[:16]}…, this context is "
             f"{params.name} ({params.fingerprint[:16]}…)"
         )
+    if kid.hex() != key_id:
+        raise InvalidUpdate(
+            f"ciphertext encrypted under another public key ({kid.hex()[:16]}…, "
+            f"this context's is {key_id[:16]}…)"
+        )
     n = params.poly_modulus_degree
     if not 0 < n_values <= params.values_per_ciphertext:
         raise InvalidUpdate(f"chunk holds {n_values} values, must be in [1, {n}]")
@@ -100,4 +113,6 @@ def decode_chunk(params: CkksParams, q: int, blob: bytes) -> ChunkCiphertext:
     if int(coeffs.max()) >= q:
         raise InvalidUpdate("ciphertext coefficient not reduced modulo the data prime")
     coeffs.setflags(write=False)
-    return ChunkCiphertext(chunk_kind, chunk_id, n_values, params.fingerprint, lfp.hex(), coeffs)
+    return ChunkCiphertext(
+        chunk_kind, chunk_id, n_values, params.fingerprint, key_id, lfp.hex(), coeffs
+    )

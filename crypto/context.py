@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 import threading
@@ -37,6 +38,7 @@ class PublicContext:
         except _seal.SealError as exc:
             raise InvalidUpdate(f"public key does not fit parameters {params.name}: {exc}") from exc
         self._public_key_blob = bytes(public_key_blob)
+        self._key_id = hashlib.sha256(self._public_key_blob).hexdigest()
         self._encryptor: _seal.SealEncryptor | None = None
         self._lock = threading.Lock()
 
@@ -47,6 +49,11 @@ class PublicContext:
     @property
     def fingerprint(self) -> str:
         return self._params.fingerprint
+
+    @property
+    def key_id(self) -> str:
+        """Hex SHA-256 of the public key; every ciphertext chunk names it."""
+        return self._key_id
 
     @property
     def data_prime(self) -> int:

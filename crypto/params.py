@@ -12,6 +12,7 @@ weights that satisfies this with a 1 % margin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -117,12 +118,12 @@ class CkksParams:
             raise ValueError(f"parameter format version {version}, expected {FORMAT_VERSION}")
         return params
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Hex SHA-256 of the canonical JSON (includes the format version)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
-    @property
+    @functools.cached_property
     def fingerprint_bytes(self) -> bytes:
         return bytes.fromhex(self.fingerprint)
 

@@ -186,7 +186,7 @@ class SecretContext:
         out: dict[int, npt.NDArray[np.float64]] = {}
         for cid, blob in agg.chunks.items():
             try:
-                ct = decode_chunk(self._params, self._seal_ctx.q, blob)
+                ct = decode_chunk(self._params, self._seal_ctx.q, self._public.key_id, blob)
             except InvalidUpdate as exc:
                 raise InvalidUpdate(f"aggregate chunk {cid}: {exc}") from None
             if ct.kind is not ChunkKind.AGGREGATE:

@@ -11,8 +11,15 @@ from types import MappingProxyType
 
 import numpy as np
 
+from crypto.ciphertext import (
+    KEY_ID_OFFSET,
+    LAYOUT_FP_OFFSET,
+    ChunkCiphertext,
+    ChunkKind,
+    decode_chunk,
+    encode_chunk,
+)
 from crypto.ciphertext import MAGIC as CHUNK_MAGIC
-from crypto.ciphertext import ChunkCiphertext, ChunkKind, decode_chunk, encode_chunk
 from crypto.context import PublicContext
 from crypto.errors import InvalidUpdate
 from crypto.packing import ChunkLayout
@@ -22,7 +29,7 @@ logger = logging.getLogger(__name__)
 MAGIC = b"CFup"
 _HEADER = struct.Struct("<4sB32s32sI")  # magic, version, params fp, layout fp, chunk count
 _ENTRY = struct.Struct("<II")  # chunk id, blob length
-_CHUNK_FP_END = 70  # end of the layout fingerprint in a chunk header
+_CHUNK_FP_END = LAYOUT_FP_OFFSET + 32  # end of the layout fingerprint in a chunk header
 
 
 def _frozen(chunks: Mapping[int, bytes]) -> Mapping[int, bytes]:
@@ -49,7 +56,7 @@ class EncryptedUpdate:
         for blob in chunks.values():
             head = bytes(blob[:_CHUNK_FP_END])
             if len(head) == _CHUNK_FP_END and head[:4] == CHUNK_MAGIC:
-                pfp, lfp = head[6:38].hex(), head[38:70].hex()
+                pfp, lfp = head[6:KEY_ID_OFFSET].hex(), head[LAYOUT_FP_OFFSET:].hex()
             break
         return cls(chunks, pfp, lfp)
 
@@ -178,7 +185,9 @@ def encrypt_update(
         sl = layout.chunk_slice(cid)
         part = vec[sl]
         coeffs = enc.encrypt(part)
-        chunks[cid] = encode_chunk(ctx.params, ChunkKind.UPDATE, cid, part.shape[0], lfp, coeffs)
+        chunks[cid] = encode_chunk(
+            ctx.params, ctx.key_id, ChunkKind.UPDATE, cid, part.shape[0], lfp, coeffs
+        )
     logger.debug("encrypted %d of %d chunks", len(ids), layout.n_chunks)
     return EncryptedUpdate(chunks, ctx.fingerprint, lfp)
 
@@ -187,4 +196,4 @@ def load_chunk(ctx: PublicContext, blob: bytes) -> ChunkCiphertext:
     """Validate an untrusted chunk blob against ``ctx``; raises :class:`InvalidUpdate`."""
     if not isinstance(ctx, PublicContext):
         raise TypeError(f"ctx must be a PublicContext, got {type(ctx).__name__}")
-    return decode_chunk(ctx.params, ctx.data_prime, blob)
+    return decode_chunk(ctx.params, ctx.data_prime, ctx.key_id, blob)

@@ -197,6 +197,19 @@ def _split(
     return rest
 
 
+def _group(
+    items: list[tuple[dp_accounting.DpEvent, int]],
+) -> list[tuple[dp_accounting.DpEvent, int]]:
+    """Merge repeats of one event into one (event, total count): one ``self_compose``."""
+    counts: dict[str, int] = {}
+    first: dict[str, dp_accounting.DpEvent] = {}
+    for ev, count in items:
+        key = event_to_json(ev)
+        counts[key] = counts.get(key, 0) + count
+        first.setdefault(key, ev)
+    return [(first[k], counts[k]) for k in counts]
+
+
 def _pure_epsilon(ev: dp_accounting.DpEvent) -> float | None:
     if isinstance(ev, PureEpsilonDpEvent):
         return float(ev.epsilon)
@@ -214,7 +227,9 @@ def compose_epsilon(events: Sequence[dp_accounting.DpEvent], delta: float) -> fl
     if any(isinstance(e, dp_accounting.NonPrivateDpEvent) for e, _ in rest):
         return math.inf
     linear = math.fsum(large)
-    rest = [(e, c) for e, c in rest if c > 0 and not isinstance(e, dp_accounting.NoOpDpEvent)]
+    rest = _group(
+        [(e, c) for e, c in rest if c > 0 and not isinstance(e, dp_accounting.NoOpDpEvent)]
+    )
     if not rest:
         return linear
     try:

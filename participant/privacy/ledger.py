@@ -284,8 +284,7 @@ class PrivacyLedger:
                 raise LedgerError(
                     f"{self.path}: round {round} ({mechanism}) already recorded with other events"
                 )
-            self._cache.clear()
-            self.check_can_spend(events, mechanism)
+            after = self.check_can_spend(events, mechanism)
             self._db.executemany(
                 "INSERT INTO events(round, mechanism, seq, event_json, non_private) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -294,5 +293,5 @@ class PrivacyLedger:
                     for i, (text, e) in enumerate(zip(encoded, events, strict=True))
                 ],
             )
-        self._cache.clear()
-        logger.info("ledger: round %d (%s) recorded, ε now %.6g", round, mechanism, self.epsilon())
+        self._cache = {None: after}
+        logger.info("ledger: round %d (%s) recorded, ε now %.6g", round, mechanism, after)
