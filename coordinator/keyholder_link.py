@@ -17,7 +17,7 @@ class DecryptJob:
 
     round: int
     normalizers: Mapping[int, int]
-    envelopes: Sequence[wire.SignedEnvelopeFields]
+    envelopes: Sequence[wire.SignedEnvelope]
     aggregate: bytes  # crypto.EncryptedAggregate.to_bytes()
 
 

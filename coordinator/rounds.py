@@ -2,8 +2,8 @@
 
 A round ``t`` opens with the global model ``W(t-1)`` (named by its digest), a deadline and the
 minimum number of participants ``K``. Updates are accepted while it is open, at most one per
-site. It closes as soon as every enrolled site has sent an update (and at least ``K`` did),
-or at the deadline when at least ``K`` did; with fewer than ``K`` at the deadline it is
+site. It closes as soon as every site of the federation has sent an update (and at least
+``K`` did), or at the deadline when at least ``K`` did; with fewer than ``K`` at the deadline it is
 retried: a new attempt with a fresh deadline that keeps the updates already accepted.
 """
 

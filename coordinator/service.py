@@ -38,7 +38,6 @@ from coordinator.keyholder_link import (
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import CoordinatorStore, StoredSubmission
 from crypto import ChunkLayout, PublicContext, SigningKey, UpdateEnvelope
-from proto import cipherfed_pb2 as pb
 from proto import wire
 
 logger = logging.getLogger(__name__)
@@ -119,17 +118,8 @@ class Receipt:
 
 
 def envelope_digest(env: UpdateEnvelope) -> str:
-    """The digest receipts name: SHA-256 of the envelope's canonical JSON (proto.wire)."""
-    return wire.EnvelopeFields.of(env).digest()
-
-
-def envelope_bytes(env: UpdateEnvelope) -> bytes:
-    """How an accepted envelope is stored: its deterministic protobuf encoding."""
-    return wire.envelope_to_proto(env).SerializeToString(deterministic=True)
-
-
-def envelope_from_bytes(data: bytes) -> wire.EnvelopeFields:
-    return wire.envelope_from_proto(pb.Envelope.FromString(data))
+    """The digest receipts name: SHA-256 of the envelope's canonical bytes."""
+    return wire.envelope_digest(env.canonical_bytes())
 
 
 class Coordinator:
@@ -376,7 +366,7 @@ class Coordinator:
                     StoredSubmission(
                         site_id=up.caller,
                         round=int(env.round),
-                        envelope=envelope_bytes(env),
+                        envelope=env.canonical_bytes(),
                         signature=up.signature,
                         envelope_digest=edigest,
                         weight=int(env.weight),
@@ -416,7 +406,7 @@ class Coordinator:
             if state.phase is rs.Phase.AGGREGATING:
                 action = rs.Action.CLOSE
             else:
-                action = rs.decide(state, self.clock(), self.store.enrolled(), self.spec.policy)
+                action = rs.decide(state, self.clock(), self.spec.roster.keys(), self.spec.policy)
             if action is rs.Action.RETRY:
                 self._state = rs.retry(state, self.clock(), self.spec.policy)
                 self.store.save_round(self._state)
@@ -462,10 +452,7 @@ class Coordinator:
             job = DecryptJob(
                 round=t_round,
                 normalizers=dict(agg.normalizers),
-                envelopes=tuple(
-                    wire.SignedEnvelopeFields(envelope_from_bytes(s.envelope), s.signature)
-                    for s in subs
-                ),
+                envelopes=tuple(wire.SignedEnvelope(s.envelope, s.signature) for s in subs),
                 aggregate=agg.to_bytes(),
             )
             t0 = time.perf_counter()

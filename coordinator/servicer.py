@@ -178,7 +178,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         header = first.header
         try:
             signed = wire.signed_envelope_from_proto(header.signed_envelope)
-            env = crypto.UpdateEnvelope(**signed.envelope.as_kwargs())
+            env = crypto.UpdateEnvelope.from_canonical_bytes(signed.envelope)
         except (ValueError, TypeError, streams.TransportError, crypto.InvalidUpdate) as exc:
             raise InvalidSubmission(f"malformed envelope: {exc}") from exc
         total = int(header.total_size)

@@ -18,7 +18,7 @@ def _acc(site: str, round_no: int = 1, now: float = 1.0) -> rs.Accepted:
     return rs.Accepted(site, round_no, 5, (0,), "e" * 64, now)
 
 
-def test_round_closes_when_every_enrolled_site_sent() -> None:
+def test_round_closes_when_every_site_sent() -> None:
     s = rs.open_round(1, "m" * 64, 100.0, POLICY)
     assert s.deadline == 110.0
     s = rs.accept(s, _acc("a"))

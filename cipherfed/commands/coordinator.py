@@ -33,7 +33,7 @@ HELP = "run the coordinator: rounds, verification, encrypted aggregation, checkp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", type=Path, required=True, help="the coordinator's startup kit")
     parser.add_argument("--state", type=Path, required=True, help="state folder (SQLite, blobs)")
-    parser.add_argument("--listen", help="host:port to serve on (default: the federation file)")
+    parser.add_argument("--address", help="host:port to serve on (default: [network].coordinator)")
     parser.add_argument("--keyholder", help="key holder host:port (default: the federation file)")
     parser.add_argument(
         "--metrics-port",
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = CoordinatorMetrics()
     audit = HashChainLog(args.state / "audit.log", signing_key)
     core = Coordinator(spec, args.state, ctx, kh, signing_key, audit=audit.append, metrics=metrics)
-    server, port, health = transport.create_server(args.listen or cfg.network.coordinator, identity)
+    server, port, health = transport.create_server(args.address or cfg.network.coordinator, identity)
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(core, ctx_bytes), server)
     server.start()
     metrics_port = cfg.network.metrics_port if args.metrics_port is None else args.metrics_port
