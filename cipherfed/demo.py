@@ -88,7 +88,7 @@ def run_federation(
     """Start every process and wait until the coordinator has finished all rounds."""
     fed.start_all(coordinator_extra=["--exit-after-finish", "3"])
     deadline = time.monotonic() + timeout_s
-    coordinator = fed.procs["coordinator"]
+    coordinator = fed.service("coordinator")
     done = -1
     while coordinator.alive():
         fed.check_alive(["keyholder", "coordinator"])

@@ -383,6 +383,13 @@ class LocalFederation:
                 self.start_site(site_id)
 
     # -- observation -----------------------------------------------------------------
+    def service(self, name: str) -> ServiceProcess:
+        """The key holder, coordinator or site launcher process."""
+        proc = self.procs[name]
+        if not isinstance(proc, ServiceProcess):
+            raise TypeError(f"{name} is a forked site, not a service process")
+        return proc
+
     def coordinator_ready(self) -> dict[str, int] | None:
         path = self.state("coordinator.ready.json")
         try:
