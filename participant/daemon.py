@@ -261,7 +261,8 @@ class ParticipantDaemon:
                 bound,
                 float(np.abs(vector).max()),
             )
-            return np.clip(vector, -bound, bound)
+            clipped: np.ndarray = np.clip(vector, -bound, bound)
+            return clipped
         return vector
 
     def _deliver(self, prep: PreparedUpdate) -> bool:
