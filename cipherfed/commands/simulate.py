@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cipherfed.simulation import DEFAULT_TRAIN, RoundMetrics, SimulationConfig, run_simulation
@@ -28,6 +29,15 @@ def _widths(text: str) -> tuple[int, ...]:
     if not widths or any(w < 1 for w in widths):
         raise argparse.ArgumentTypeError(f"--hidden: {text!r} needs widths >= 1")
     return widths
+
+
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DEFAULT_TRAIN.lr)
     parser.add_argument("--weight-decay", type=float, default=DEFAULT_TRAIN.weight_decay)
-    parser.add_argument("--pos-weight", type=float, default=DEFAULT_TRAIN.pos_weight)
+    parser.add_argument(
+        "--pos-weight",
+        type=_optional_float,
+        default=DEFAULT_TRAIN.pos_weight,
+        help="weight of positive labels in the loss, or 'none' (default %(default)s)",
+    )
     parser.add_argument(
         "--no-momentum-restart", action="store_true", help="keep Adam state across rounds"
     )
@@ -78,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for these small models)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
@@ -124,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.threads < 1:
+        print("cipherfed simulate: --threads must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     try:
         config = config_from_args(args)
     except ValueError as exc:
