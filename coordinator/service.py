@@ -313,8 +313,12 @@ class Coordinator:
             crypto.verify_envelope(self.spec.roster[up.caller], env, up.signature)
         except crypto.InvalidUpdate as exc:
             raise InvalidSubmission(f"signature check failed for {up.caller!r}: {exc}") from exc
-        if int(env.weight) < 1:
-            raise InvalidSubmission(f"weight must be >= 1, got {env.weight}")
+        max_weight = self.ctx.params.max_weight_sum // max(1, len(self.spec.roster))
+        if not 1 <= int(env.weight) <= max_weight:
+            raise InvalidSubmission(
+                f"weight {env.weight} outside [1, {max_weight}] (the CKKS preset's headroom "
+                f"for {len(self.spec.roster)} sites)"
+            )
         ids = tuple(int(c) for c in env.chunk_ids)
         if not ids:
             raise InvalidSubmission("update carries no chunk")
@@ -508,11 +512,14 @@ class Coordinator:
 
     def run_ticks(self, interval_s: float = 0.1) -> None:
         """Tick until :meth:`stop` is called (run it in a thread)."""
-        while not self._stop.wait(interval_s):
+        wait = interval_s
+        while not self._stop.wait(wait):
             try:
                 self.tick()
-            except Exception:  # keep serving; the failure is logged and retried
-                logger.exception("round tick failed")
+                wait = interval_s
+            except Exception:  # keep serving; the failure is logged and retried later
+                logger.exception("round tick failed; retrying in %.0fs", 5.0)
+                wait = 5.0
 
     def stop(self) -> None:
         self._stop.set()
