@@ -117,11 +117,6 @@ class Receipt:
     signature: bytes
 
 
-def envelope_digest(env: UpdateEnvelope) -> str:
-    """The digest receipts name: SHA-256 of the envelope's canonical bytes."""
-    return wire.envelope_digest(env.canonical_bytes())
-
-
 class Coordinator:
     """One federation's coordinator. Thread-safe; call :meth:`tick` (or :meth:`run_ticks`)."""
 
@@ -340,7 +335,7 @@ class Coordinator:
                 raise InvalidSubmission(f"chunk {cid} is not a valid ciphertext: {exc}") from exc
         blob_names = {cid: self.blobs.put(blob) for cid, blob in up.chunks.items()}
         now = self.clock()
-        edigest = envelope_digest(env)
+        edigest = wire.envelope_digest(env.canonical_bytes())  # what the receipt names
         fields = wire.ReceiptFields(
             federation_id=self.spec.federation_id,
             round=int(env.round),
