@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     receipt BLOB NOT NULL DEFAULT x'',
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
     round INTEGER NOT NULL,
     chunk_id INTEGER NOT NULL,
@@ -84,6 +85,18 @@ class DaemonState:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def bind(self, federation_id: str, site_id: str) -> None:
+        """Tie this state to one site of one federation (``ValueError`` on a mismatch)."""
+        with self._lock:
+            for key, value in (("federation_id", federation_id), ("site_id", site_id)):
+                row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+                elif row[0] != value:
+                    raise ValueError(
+                        f"{self.path} holds the state of {key} {row[0]!r}, not {value!r}"
+                    )
 
     def record(self, round_no: int) -> RoundRecord | None:
         with self._lock:

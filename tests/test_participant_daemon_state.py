@@ -31,3 +31,12 @@ def test_prepared_survives_restart_and_is_never_replaced(tmp_path: Path) -> None
     assert [r.status for r in st.records()] == [RoundStatus.SUBMITTED, RoundStatus.SKIPPED]
     assert st.record(5) is None
     st.close()
+
+
+def test_state_is_bound_to_one_site(tmp_path: Path) -> None:
+    st = DaemonState(tmp_path / "d.sqlite")
+    st.bind("fed", "site-a")
+    st.bind("fed", "site-a")
+    with pytest.raises(ValueError, match="site_id 'site-a', not 'site-b'"):
+        st.bind("fed", "site-b")
+    st.close()

@@ -124,6 +124,12 @@ def run(args: argparse.Namespace) -> int:
         should_stop=stop.is_set,
     )
     state = DaemonState(args.state / "daemon.sqlite")
+    try:
+        state.bind(cfg.federation.id, site_id)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        state.close()
+        return 2
     daemon = ParticipantDaemon(
         identity,
         client,
