@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import crypto
     from cipherfed import site_setup
     from cipherfed.provisioning import ProvisioningError, load_kit
-    from participant.client import Backoff, CoordinatorClient
+    from participant.client import Backoff, CoordinatorClient, CoordinatorRefused
     from participant.daemon import ParticipantDaemon, SiteIdentity
     from participant.state import DaemonState
     from participant.training import LocalTrainer
@@ -143,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         sent = daemon.run()
+    except (CoordinatorRefused, RuntimeError, crypto.InvalidUpdate) as exc:
+        logger.error("site %s stops: %s", site_id, exc)
+        print(f"error: site {site_id}: {exc}", file=sys.stderr)
+        return 1
     finally:
         client.close()
         state.close()
