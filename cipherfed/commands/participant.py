@@ -1,0 +1,157 @@
+"""``cipherfed participant``: the site daemon (enrol, train, privacy step, encrypt, upload)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+
+import crypto
+from cipherfed import site_setup
+from cipherfed.config import ConfigError, FederationConfig
+from cipherfed.provisioning import ProvisioningError, load_kit
+from participant.client import Backoff, CoordinatorClient
+from participant.daemon import (
+    NoPrivacy,
+    ParticipantDaemon,
+    PrivacyStep,
+    SiteIdentity,
+    TrainResult,
+    WeightFn,
+)
+from participant.privacy.config import PartialShareConfig, SVTConfig
+from participant.privacy.ledger import PrivacyLedger
+from participant.site_privacy import LedgerPrivacy
+from participant.state import DaemonState
+from participant.training import LocalTrainer
+from proto import transport
+
+logger = logging.getLogger(__name__)
+
+HELP = "run a site's participant daemon (trains locally, sends encrypted updates)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kit", type=Path, required=True, help="the site's startup kit")
+    parser.add_argument("--state", type=Path, required=True, help="state folder of this site")
+    parser.add_argument("--coordinator", help="coordinator host:port (default: federation file)")
+    parser.add_argument("--device", default=None, help="torch device (default: GPU if present)")
+    parser.add_argument("--poll", type=float, default=0.25, help="seconds between round polls")
+
+
+def privacy_step(
+    cfg: FederationConfig, state: Path, layout: crypto.ChunkLayout, site_id: str, seed: int
+) -> PrivacyStep:
+    p = cfg.privacy
+    if p.mechanism == "none" and p.dp_sgd is None:
+        return NoPrivacy()
+    budget = p.budget_epsilon if math.isfinite(p.budget_epsilon) else 1e300
+    ledger = PrivacyLedger(state / "privacy_ledger.sqlite", p.delta, budget, site_id)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EC]))
+    if p.mechanism == "svt":
+        svt = SVTConfig(
+            fraction=p.sharing_fraction, gamma=p.gamma, tau=p.threshold, epsilon=p.epsilon
+        )
+        return LedgerPrivacy(ledger, layout, rng, svt=svt)
+    if p.mechanism == "partial":
+        part = PartialShareConfig(fraction=p.sharing_fraction, gamma=p.gamma)
+        return LedgerPrivacy(ledger, layout, rng, partial=part)
+    return LedgerPrivacy(ledger, layout, rng)
+
+
+def weight_fn(cfg: FederationConfig, n_samples: int) -> WeightFn:
+    mode = cfg.federation.weighting
+    if mode == "uniform":
+        return lambda r: 1
+    if mode == "samples":
+        return lambda r: n_samples
+
+    def iterations(r: TrainResult) -> int:
+        return int(r.n_iters)
+
+    return iterations
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        kit = load_kit(args.kit, "site")
+    except (ConfigError, ProvisioningError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = kit.config
+    site_id = kit.name
+    try:
+        data = site_setup.site_data(cfg, site_id)
+    except (OSError, ValueError) as exc:
+        print(f"error: site {site_id}: cannot load its data: {exc}", file=sys.stderr)
+        return 2
+    args.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    layout = site_setup.chunk_layout(cfg)
+    params = site_setup.ckks_params(cfg)
+    train_cfg = site_setup.train_config(cfg)
+    if cfg.privacy.dp_sgd is not None:
+        from participant.privacy.config import DPSGDConfig
+
+        d = cfg.privacy.dp_sgd
+        train_cfg = dataclasses.replace(
+            train_cfg,
+            dp_sgd=DPSGDConfig(
+                target_epsilon=d.target_epsilon,
+                target_delta=d.target_delta,
+                max_grad_norm=d.max_grad_norm,
+                planned_rounds=cfg.federation.rounds,
+            ),
+        )
+    seed = site_setup.trainer_seed(cfg, data.index)
+    trainer = LocalTrainer(
+        site_setup.model_factory(cfg), data.dataset, train_cfg, device=args.device, seed=seed
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping after the current step", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    identity = SiteIdentity(
+        federation_id=cfg.federation.id,
+        site_id=site_id,
+        signing_key=crypto.SigningKey.from_pem(kit.signing_key_bytes()),
+        params_fingerprint=params.fingerprint,
+        coordinator_key=crypto.VerifyKey.from_bytes(kit.roster.coordinator.verify_key),
+    )
+    client = CoordinatorClient(
+        args.coordinator or cfg.network.coordinator,
+        transport.TlsIdentity.from_kit(kit.path),
+        server_name="coordinator",
+        backoff=Backoff(base_s=0.2, cap_s=5.0),
+        should_stop=stop.is_set,
+    )
+    state = DaemonState(args.state / "daemon.sqlite")
+    daemon = ParticipantDaemon(
+        identity,
+        client,
+        state,
+        trainer,
+        layout,
+        privacy=privacy_step(cfg, args.state, layout, site_id, seed),
+        weight=weight_fn(cfg, len(data.dataset)),
+        poll_s=args.poll,
+        stop=stop,
+    )
+    try:
+        sent = daemon.run()
+    finally:
+        client.close()
+        state.close()
+    logger.info("site %s: %d update(s) delivered", site_id, sent)
+    return 0

@@ -1,0 +1,134 @@
+"""From a federation file to the objects the services run: site data, model, layout, trainer.
+
+Shared by the participant and coordinator commands and the demo, and built to match
+:func:`cipherfed.simulation.run_simulation` exactly (same partition of ACTG 175, same
+initial model, same trainer seeds), so the encrypted federation can be compared with the
+plaintext FedAvg reference run with the same configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+import crypto
+from cipherfed.config import FederationConfig, resolve_preset
+from cipherfed.simulation import DEFAULT_TRAIN, SimulationConfig
+from participant.data import ACTG175_SCHEMA, load_actg175
+from participant.model import build_mlp, flatten_params, param_shapes
+from participant.partition import Partition, make_partition
+from participant.schema import SiteDataset, load_site_table
+from participant.training import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def train_config(cfg: FederationConfig) -> TrainConfig:
+    t = cfg.training
+    return TrainConfig(
+        local_epochs=None if t.local_iters is not None else t.local_epochs,
+        local_iters=t.local_iters,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        momentum_restart=t.momentum_restart,
+        weight_decay=t.weight_decay,
+        pos_weight=DEFAULT_TRAIN.pos_weight,
+    )
+
+
+def simulation_config(cfg: FederationConfig, rounds: int | None = None) -> SimulationConfig:
+    """The plaintext simulation that a federation file describes (for the reference run)."""
+    weighting = cfg.federation.weighting
+    if weighting not in ("iterations", "uniform"):
+        raise ValueError(f"[federation].weighting {weighting!r} has no plaintext reference")
+    return SimulationConfig(
+        rounds=rounds or cfg.federation.rounds,
+        n_sites=len(cfg.sites),
+        seed=cfg.training.seed,
+        hidden=tuple(cfg.model.hidden),
+        dropout=cfg.model.dropout,
+        train=train_config(cfg),
+        weighting=weighting,  # type: ignore[arg-type]
+    )
+
+
+@functools.cache
+def _actg175() -> SiteDataset:
+    return load_actg175()
+
+
+def embedded_partition(cfg: FederationConfig) -> Partition:
+    sim = simulation_config(cfg)
+    data = _actg175()
+    return make_partition(
+        data.y,
+        data.extra.get("strat"),
+        n_sites=sim.n_sites,
+        alpha=sim.alpha,
+        seed=sim.seed,
+        validation_fraction=sim.validation_fraction,
+        validation_seed=sim.validation_seed,
+        min_size=sim.min_site_size,
+    )
+
+
+@dataclass(frozen=True)
+class SiteData:
+    dataset: SiteDataset
+    index: int  # position of the site in the federation (seeds its trainer)
+
+
+def site_data(cfg: FederationConfig, site_id: str) -> SiteData:
+    """The site's training rows: an embedded ACTG 175 partition or its own CSV/Parquet file."""
+    site = cfg.site(site_id)
+    index = cfg.site_ids.index(site_id)
+    part_index = site.embedded_partition
+    if part_index is None:
+        return SiteData(load_site_table(site.data, ACTG175_SCHEMA), index)
+    part = embedded_partition(cfg)
+    if not 0 <= part_index < part.n_sites:
+        raise ValueError(
+            f"site {site_id!r}: data {site.data!r} names partition {part_index}, "
+            f"the federation has partitions 0..{part.n_sites - 1}"
+        )
+    return SiteData(_actg175().subset(part.sites[part_index]), part_index)
+
+
+def validation_set(cfg: FederationConfig) -> SiteDataset:
+    return _actg175().subset(embedded_partition(cfg).validation)
+
+
+def in_features() -> int:
+    return ACTG175_SCHEMA.n_features
+
+
+def model_factory(cfg: FederationConfig) -> Callable[[], nn.Module]:
+    n_in, hidden, dropout = in_features(), tuple(cfg.model.hidden), cfg.model.dropout
+    return lambda: build_mlp(n_in, hidden, dropout)
+
+
+def initial_model(cfg: FederationConfig) -> np.ndarray:
+    """``W(0)``, seeded like the simulation."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.training.seed)
+        model = model_factory(cfg)()
+    return flatten_params(model)
+
+
+def ckks_params(cfg: FederationConfig) -> crypto.CkksParams:
+    return crypto.PRESETS[resolve_preset(cfg)]
+
+
+def chunk_layout(cfg: FederationConfig) -> crypto.ChunkLayout:
+    shapes = param_shapes(model_factory(cfg)())
+    return crypto.ChunkLayout.from_shapes(shapes, ckks_params(cfg).values_per_ciphertext)
+
+
+def trainer_seed(cfg: FederationConfig, index: int) -> int:
+    return cfg.training.seed * 1000 + index
