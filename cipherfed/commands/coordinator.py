@@ -10,20 +10,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import crypto
-from cipherfed import site_setup
-from cipherfed.config import ConfigError
-from cipherfed.provisioning import ProvisioningError, load_kit
-from coordinator.keyholder_client import GrpcKeyholder
-from coordinator.keyholder_link import KeyholderRefused, KeyholderUnavailable
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.rounds import RoundPolicy
-from coordinator.service import Coordinator, FederationSpec
-from coordinator.servicer import CoordinatorServicer
-from crypto.auditlog import HashChainLog
-from proto import cipherfed_pb2_grpc as pb_grpc
-from proto import transport
+if TYPE_CHECKING:
+    from coordinator.keyholder_client import GrpcKeyholder
+    from coordinator.service import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fetch_context(kh: GrpcKeyholder, state: Path, wait_s: float) -> bytes:
     """The key holder's public context, cached in the state folder for restarts."""
+    from coordinator.keyholder_link import KeyholderUnavailable
+
     cache = state / "public_context.bin"
     deadline = time.monotonic() + wait_s
     delay = 0.2
@@ -87,6 +80,20 @@ def _write_ready(path: Path, info: dict[str, int]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import crypto
+    from cipherfed import site_setup
+    from cipherfed.config import ConfigError
+    from cipherfed.provisioning import ProvisioningError, load_kit
+    from coordinator.keyholder_client import GrpcKeyholder
+    from coordinator.keyholder_link import KeyholderRefused, KeyholderUnavailable
+    from coordinator.metrics import CoordinatorMetrics
+    from coordinator.rounds import RoundPolicy
+    from coordinator.service import Coordinator, FederationSpec
+    from coordinator.servicer import CoordinatorServicer
+    from crypto.auditlog import HashChainLog
+    from proto import cipherfed_pb2_grpc as pb_grpc
+    from proto import transport
+
     try:
         kit = load_kit(args.kit, "coordinator")
     except (ConfigError, ProvisioningError) as exc:
@@ -134,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = CoordinatorMetrics()
     audit = HashChainLog(args.state / "audit.log", signing_key)
     core = Coordinator(spec, args.state, ctx, kh, signing_key, audit=audit.append, metrics=metrics)
-    server, port, health = transport.create_server(args.address or cfg.network.coordinator, identity)
+    server, port, health = transport.create_server(
+        args.address or cfg.network.coordinator, identity
+    )
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(core, ctx_bytes), server)
     server.start()
     metrics_port = cfg.network.metrics_port if args.metrics_port is None else args.metrics_port

@@ -9,11 +9,6 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-from cipherfed.demo import DemoOptions, run_demo
-
 logger = logging.getLogger(__name__)
 
 HELP = "run key holder, coordinator and 13 site daemons locally on ACTG 175 (encrypted)"
@@ -33,6 +28,11 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cipherfed.demo import DemoOptions, run_demo
+
     if not 1 <= args.sites <= 13 or not 1 <= args.min_participants <= args.sites:
         print("error: need 1 <= --min-participants <= --sites <= 13", file=sys.stderr)
         return 2

@@ -11,28 +11,13 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-import crypto
-from cipherfed import site_setup
 from cipherfed.config import ConfigError, FederationConfig
-from cipherfed.provisioning import ProvisioningError, load_kit
-from participant.client import Backoff, CoordinatorClient
-from participant.daemon import (
-    NoPrivacy,
-    ParticipantDaemon,
-    PrivacyStep,
-    SiteIdentity,
-    TrainResult,
-    WeightFn,
-)
-from participant.privacy.config import PartialShareConfig, SVTConfig
-from participant.privacy.ledger import PrivacyLedger
-from participant.site_privacy import LedgerPrivacy
-from participant.state import DaemonState
-from participant.training import LocalTrainer
-from proto import transport
+
+if TYPE_CHECKING:
+    import crypto
+    from participant.daemon import PrivacyStep, TrainResult, WeightFn
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def privacy_step(
     cfg: FederationConfig, state: Path, layout: crypto.ChunkLayout, site_id: str, seed: int
 ) -> PrivacyStep:
+    import numpy as np
+
+    from participant.daemon import NoPrivacy
+    from participant.privacy.config import PartialShareConfig, SVTConfig
+    from participant.privacy.ledger import PrivacyLedger
+    from participant.site_privacy import LedgerPrivacy
+
     p = cfg.privacy
     if p.mechanism == "none" and p.dp_sgd is None:
         return NoPrivacy()
@@ -81,6 +73,15 @@ def weight_fn(cfg: FederationConfig, n_samples: int) -> WeightFn:
 
 
 def run(args: argparse.Namespace) -> int:
+    import crypto
+    from cipherfed import site_setup
+    from cipherfed.provisioning import ProvisioningError, load_kit
+    from participant.client import Backoff, CoordinatorClient
+    from participant.daemon import ParticipantDaemon, SiteIdentity
+    from participant.state import DaemonState
+    from participant.training import LocalTrainer
+    from proto import transport
+
     try:
         kit = load_kit(args.kit, "site")
     except (ConfigError, ProvisioningError) as exc:
