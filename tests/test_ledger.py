@@ -36,8 +36,12 @@ def test_records_and_composes(tmp_path: Path) -> None:
     assert led.epsilon("dpsgd") == pytest.approx(compose_epsilon(DPSGD * 2, 1e-5))
     assert led.epsilon() == pytest.approx(compose_epsilon((SVT + DPSGD) * 2, 1e-5))
     assert led.epsilon() < led.epsilon("svt") + led.epsilon("dpsgd")
+    assert led.epsilon("svt", delta=1e-3) == pytest.approx(compose_epsilon(SVT * 2, 1e-3))
+    assert led.epsilon("svt", delta=1e-3) <= led.epsilon("svt")
     rep = led.report()
-    assert rep["rounds"] == 2 and set(rep["epsilon_by_mechanism"]) == {"svt", "dpsgd"}  # type: ignore[arg-type]
+    assert rep["rounds"] == 2
+    by_mech = rep["epsilon_by_mechanism"]
+    assert isinstance(by_mech, dict) and set(by_mech) == {"svt", "dpsgd"}
     led.close()
 
 

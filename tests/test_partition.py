@@ -36,7 +36,8 @@ def test_default_partition_is_disjoint_covering_with_fixed_validation(actg) -> N
     # the validation set is fixed: it does not depend on the site seed
     other = make_partition(actg.y, strata, seed=7, alpha=0.3)
     np.testing.assert_array_equal(part.validation, other.validation)
-    assert any(len(a) != len(b) or np.any(a != b) for a, b in zip(part.sites, other.sites))
+    pairs = zip(part.sites, other.sites, strict=True)
+    assert any(len(a) != len(b) or np.any(a != b) for a, b in pairs)
     # deterministic under the seed
     again = make_partition(actg.y, strata, seed=0)
     for a, b in zip(part.sites, again.sites, strict=True):

@@ -115,7 +115,8 @@ def test_budget_split_and_scales() -> None:
     assert b.query_scale == pytest.approx(2 * 100 * 0.01 / b.epsilon2)
     assert b.release_scale == pytest.approx(2 * 100 * 0.01 / 1.2)
     ev = svt_events(cfg, 1000)
-    assert ev[0] == PureEpsilonDpEvent(pytest.approx(0.8))
+    assert isinstance(ev[0], PureEpsilonDpEvent)
+    assert ev[0].epsilon == pytest.approx(0.8)
     assert isinstance(ev[1], dp_accounting.LaplaceDpEvent)
     assert ev[1].noise_multiplier == pytest.approx(1 / 1.2)
 
@@ -266,3 +267,28 @@ def test_partial_share_blocks() -> None:
     )
     assert res.selected.tolist() == [1, 2]
     assert np.array_equal(res.sparse, np.where(np.arange(10) >= 4, delta, 0.0))
+
+
+class _SpyGenerator(np.random.Generator):
+    """A real Generator that also records the scale and size of every Laplace draw."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(np.random.PCG64(seed))
+        self.laplace_calls: list[tuple[float, int | None]] = []
+
+    def laplace(self, loc: float = 0.0, scale: float = 1.0, size: object = None) -> object:  # type: ignore[override]
+        self.laplace_calls.append((float(scale), None if size is None else int(size)))  # type: ignore[call-overload]
+        return super().laplace(loc, scale, size)  # type: ignore[call-overload]
+
+
+def test_noise_draws_threshold_once_queries_and_release_fresh() -> None:
+    cfg = SVTConfig(fraction=0.1, gamma=0.01, tau=0.0, epsilon=3.0)
+    spy = _SpyGenerator(4)
+    res = svt_select(np.ones(200), 1, cfg, spy)
+    b = svt_budget(cfg, 200)
+    assert [s for s, _ in spy.laplace_calls] == pytest.approx(
+        [b.threshold_scale, b.query_scale, b.release_scale]
+    )
+    assert [n for _, n in spy.laplace_calls] == [None, 200, res.selected.size]
+    assert b.query_scale == pytest.approx(2 * b.c * 0.01 / b.epsilon2)
+    assert b.release_scale == pytest.approx(2 * b.c * 0.01 / b.epsilon3)

@@ -104,8 +104,11 @@ def test_unsupported_and_missing_files(tmp_path: Path) -> None:
 
 def test_regression_task_keeps_real_targets(tmp_path: Path) -> None:
     schema = FederationSchema.from_dict(
-        {"target": "y", "task": "regression",
-         "features": [{"name": "x", "type": "float", "min": 0, "max": 10}]}
+        {
+            "target": "y",
+            "task": "regression",
+            "features": [{"name": "x", "type": "float", "min": 0, "max": 10}],
+        }
     )
     ds = load_site_table(write(tmp_path, "x,y\n1,2.5\n3,-7.25\n"), schema)
     assert ds.task is Task.REGRESSION
@@ -130,17 +133,27 @@ def test_toml_round_trip(tmp_path: Path) -> None:
         ({"target": "y", "features": []}, "features: at least one"),
         ({"target": "y", "features": "age"}, "features: expected a list"),
         ({"target": "y", "features": [{"name": "a", "type": "int"}]}, "need 'min' and 'max'"),
-        ({"target": "y", "features": [{"name": "a", "type": "real", "min": 0, "max": 1}]},
-         r"features\[0\]\.type"),
-        ({"target": "y", "features": [{"name": "a", "type": "float", "min": 2, "max": 1}]},
-         "must be <"),
-        ({"target": "y", "features": [{"name": "a", "type": "categorical", "levels": [1]}]},
-         "at least 2"),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "real", "min": 0, "max": 1}]},
+            r"features\[0\]\.type",
+        ),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "float", "min": 2, "max": 1}]},
+            "must be <",
+        ),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "categorical", "levels": [1]}]},
+            "at least 2",
+        ),
         ({"target": "a", "features": [{"name": "a", "type": "binary"}]}, "also listed"),
-        ({"target": "y", "task": "survival", "features": [{"name": "a", "type": "binary"}]},
-         "task"),
-        ({"target": "y", "features": [{"name": "a", "type": "binary", "units": "kg"}]},
-         "unknown keys"),
+        (
+            {"target": "y", "task": "survival", "features": [{"name": "a", "type": "binary"}]},
+            "task",
+        ),
+        (
+            {"target": "y", "features": [{"name": "a", "type": "binary", "units": "kg"}]},
+            "unknown keys",
+        ),
         ({"features": [{"name": "a", "type": "binary"}]}, "target"),
     ],
 )

@@ -17,6 +17,7 @@ from participant.privacy.config import ClipConfig, DPSGDConfig, PartialShareConf
 from participant.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger
 from participant.privacy.partial import partial_share
 from participant.privacy.result import PrivacyResult
+from participant.privacy.step import planned_events, run_privacy_step
 from participant.privacy.svt import SVTBudget, svt_budget, svt_events, svt_select
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "event_to_json",
     "normalized_clipped",
     "partial_share",
+    "planned_events",
+    "run_privacy_step",
     "svt_budget",
     "svt_events",
     "svt_select",

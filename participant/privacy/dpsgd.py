@@ -106,6 +106,31 @@ class DPSGDAttachment:
         return [dp_sgd_event(self.sample_rate, self.noise_multiplier, self.steps_taken)]
 
 
+def _seed_from(generator: np.random.Generator | torch.Generator) -> int:
+    """A seed for the torch generator Opacus needs, drawn from the injected generator."""
+    if isinstance(generator, np.random.Generator):
+        return int(generator.integers(0, 2**63 - 1))
+    if isinstance(generator, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    raise TypeError(
+        f"generator must be a numpy.random.Generator or torch.Generator, got {type(generator)}"
+    )
+
+
+def _strip_previous_attachment(model: torch.nn.Module) -> None:
+    """Remove Opacus hooks left by an earlier round's attachment (one model, many rounds)."""
+    handles = getattr(model, "autograd_grad_sample_hooks", None)
+    if handles is None:
+        return
+    while handles:
+        handles.pop().remove()
+    delattr(model, "autograd_grad_sample_hooks")
+    for p in model.parameters():
+        for name in ("grad_sample", "_forward_counter", "_current_grad_sample"):
+            if hasattr(p, name):
+                delattr(p, name)
+
+
 def attach_dp_sgd(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -113,22 +138,25 @@ def attach_dp_sgd(
     cfg: DPSGDConfig,
     *,
     steps: int,
-    generator: np.random.Generator,
+    generator: np.random.Generator | torch.Generator,
 ) -> DPSGDAttachment:
     """Make ``model``/``optimizer``/``loader`` differentially private per patient.
 
     ``steps`` is the number of local optimizer steps per round. The model must already be
-    Opacus-compatible (no BatchNorm); an incompatible one raises ``ValueError``.
+    Opacus-compatible (no BatchNorm); an incompatible one raises ``ValueError``. Attaching
+    the same model again (next round) first removes the previous round's Opacus hooks.
+    ``generator`` seeds Opacus' sampling and noise (a numpy Generator, or the trainer's
+    torch Generator).
     """
-    if not isinstance(generator, np.random.Generator):
-        raise TypeError("generator must be a numpy.random.Generator")
+    seed = _seed_from(generator)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model is not compatible with DP-SGD: {errors[0]}")
+    _strip_previous_attachment(model)
     torch_gen = torch.Generator()
-    torch_gen.manual_seed(int(generator.integers(0, 2**63 - 1)))
+    torch_gen.manual_seed(seed)
     dp_loader = DPDataLoader.from_data_loader(loader, generator=torch_gen)
     sample_rate = float(dp_loader.sample_rate)
     sigma = derive_noise_multiplier(cfg, sample_rate, steps)

@@ -214,8 +214,15 @@ class PrivacyLedger:
         )
         return [(int(r), str(m)) for r, m in rows]
 
-    def epsilon(self, mechanism: str | None = None) -> float:
-        """ε at the ledger's δ of all DP events (or one mechanism's), composed with PLD."""
+    def epsilon(self, mechanism: str | None = None, *, delta: float | None = None) -> float:
+        """ε of all DP events (or one mechanism's), composed with PLD.
+
+        At the ledger's δ unless ``delta`` is given.
+        """
+        if delta is not None:
+            check_delta("PrivacyLedger.epsilon", "delta", delta)
+            dp = [e for e in self.events(mechanism) if not _is_non_private(e)]
+            return compose_epsilon(dp, delta) if dp else 0.0
         if mechanism not in self._cache:
             dp = [e for e in self.events(mechanism) if not _is_non_private(e)]
             self._cache[mechanism] = compose_epsilon(dp, self.delta) if dp else 0.0
