@@ -13,6 +13,7 @@ Example::
     round_deadline_s = 60.0
     max_update_bytes = 268435456
     weighting = "iterations"
+    min_contributors_per_chunk = 3   # optional; default: min_participants
 
     [network]
     coordinator = "127.0.0.1:50051"
@@ -78,6 +79,9 @@ class FederationSection:
     round_deadline_s: float = 120.0
     max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES
     weighting: Weighting = "iterations"
+    # The key holder releases a chunk's sum only when at least this many sites sent that
+    # chunk (a chunk from fewer sites would reveal one site's values). None: K.
+    min_contributors_per_chunk: int | None = None
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,7 @@ def _parse_federation(root: _Table) -> FederationSection:
         round_deadline_s=t.number("round_deadline_s", 120.0, low=0.0, low_open=True),
         max_update_bytes=t.integer("max_update_bytes", DEFAULT_MAX_UPDATE_BYTES, minimum=1024),
         weighting=cast(Weighting, t.choice("weighting", WEIGHTINGS, "iterations")),
+        min_contributors_per_chunk=t.optional_integer("min_contributors_per_chunk", minimum=1),
     )
     t.done()
     return out
@@ -415,6 +420,12 @@ def parse_config(data: Mapping[str, Any], source: str = "<federation>") -> Feder
         raise ConfigError(
             f"{source}: [federation].min_participants ({cfg.federation.min_participants}) "
             f"exceeds the number of [[sites]] ({len(cfg.sites)})"
+        )
+    per_chunk = cfg.federation.min_contributors_per_chunk
+    if per_chunk is not None and per_chunk > cfg.federation.min_participants:
+        raise ConfigError(
+            f"{source}: [federation].min_contributors_per_chunk ({per_chunk}) exceeds "
+            f"min_participants ({cfg.federation.min_participants})"
         )
     _check_preset(cfg.crypto.preset, source)
     return cfg

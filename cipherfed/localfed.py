@@ -42,12 +42,16 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class ServiceProcess:
-    """One ``python -m cipherfed.cli ...`` child with its output in a log file."""
+def cli_argv(args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "cipherfed.cli", *args]
 
-    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str]):
+
+class ServiceProcess:
+    """One child process (``argv``) with its output in a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str]):
         self.name = name
-        self.args = [sys.executable, "-m", "cipherfed.cli", *args]
+        self.args = list(argv)
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -99,6 +103,104 @@ class ServiceProcess:
         return "\n".join(lines[-n:])
 
 
+class ForkedSite:
+    """A site daemon forked by the site launcher (see :func:`fork_sites_main`)."""
+
+    def __init__(self, name: str, pid: int, log_path: Path) -> None:
+        self.name = name
+        self.pid = pid
+        self.log_path = log_path
+
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self._wait_gone(10.0)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        self.signal(signal.SIGTERM)
+        if not self._wait_gone(timeout_s):
+            self.kill()
+        return 0
+
+    def _wait_gone(self, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while self.alive():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def fork_sites_main(spec_path: str) -> int:
+    """Site launcher: import the participant code once, then fork one daemon per site.
+
+    Each child is a separate process running ``cipherfed participant`` with its own log
+    file; forking after the (slow) imports of torch & co. saves ~10 CPU-seconds per site.
+    No gRPC object exists before the fork. SIGTERM is forwarded to every child.
+    """
+    spec = json.loads(Path(spec_path).read_text())
+    import cipherfed.commands.participant
+    import cipherfed.site_setup  # noqa: F401
+    import participant.training  # noqa: F401
+    from cipherfed.cli import main
+
+    children: dict[int, str] = {}
+    for site in spec["sites"]:
+        pid = os.fork()
+        if pid == 0:  # the site daemon
+            code = 1
+            try:
+                fd = os.open(site["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                _die_with_parent()
+                code = main(site["argv"])
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = site["name"]
+    pids = {name: pid for pid, name in children.items()}
+    tmp = Path(spec["pids"] + ".tmp")
+    tmp.write_text(json.dumps(pids))
+    os.replace(tmp, spec["pids"])
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while children:
+        try:
+            pid, _status = os.wait()
+        except ChildProcessError:
+            break
+        children.pop(pid, None)
+    return 0
+
+
 class LocalFederation:
     """Provision ``cfg`` into ``root`` and run its processes.
 
@@ -132,7 +234,7 @@ class LocalFederation:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             **(extra_env or {}),
         }
-        self.procs: dict[str, ServiceProcess] = {}
+        self.procs: dict[str, ServiceProcess | ForkedSite] = {}
 
     # -- paths -----------------------------------------------------------------------
     def state(self, name: str) -> Path:
@@ -148,7 +250,7 @@ class LocalFederation:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
         proc = ServiceProcess(
             name,
-            ["--log-level", self.log_level, *args],
+            cli_argv(["--log-level", self.log_level, *args]),
             self.root / "logs" / f"{name}.log",
             self.env,
         )
@@ -199,11 +301,62 @@ class LocalFederation:
             ],
         )
 
-    def start_all(self, coordinator_extra: Sequence[str] = ()) -> None:
+    def site_args(self, site_id: str, extra: Sequence[str] = ()) -> list[str]:
+        return [
+            "--log-level",
+            self.log_level,
+            "participant",
+            "--kit",
+            str(self.kits.site_kits[site_id]),
+            "--state",
+            str(self.state(site_id)),
+            *extra,
+        ]
+
+    def start_sites_forked(
+        self, site_ids: Sequence[str], extra: Sequence[str] = (), timeout_s: float = 300.0
+    ) -> None:
+        """Start the sites as children of one launcher process (see :func:`fork_sites_main`)."""
+        spec_path = self.root / "sites-launch.json"
+        pids_path = self.root / "sites-launch.pids.json"
+        pids_path.unlink(missing_ok=True)
+        spec = {
+            "sites": [
+                {
+                    "name": s,
+                    "argv": self.site_args(s, extra),
+                    "log": str(self.root / "logs" / f"{s}.log"),
+                }
+                for s in site_ids
+            ],
+            "pids": str(pids_path),
+        }
+        spec_path.write_text(json.dumps(spec))
+        launcher = ServiceProcess(
+            "site-launcher",
+            [sys.executable, "-m", "cipherfed.localfed", str(spec_path)],
+            self.root / "logs" / "site-launcher.log",
+            self.env,
+        )
+        self.procs["site-launcher"] = launcher
+        end = time.monotonic() + timeout_s
+        while not pids_path.exists():
+            if not launcher.alive():
+                raise RuntimeError(f"site launcher failed:\n{launcher.log_tail()}")
+            if time.monotonic() > end:
+                raise TimeoutError("site launcher did not start the sites in time")
+            time.sleep(0.1)
+        for name, pid in json.loads(pids_path.read_text()).items():
+            self.procs[name] = ForkedSite(name, int(pid), self.root / "logs" / f"{name}.log")
+
+    def start_all(self, coordinator_extra: Sequence[str] = (), forked: bool = True) -> None:
         self.start_keyholder()
         self.start_coordinator(coordinator_extra)
-        for site_id in self.cfg.site_ids:
-            self.start_site(site_id)
+        if forked:
+            self.start_sites_forked(self.cfg.site_ids)
+        else:
+            for site_id in self.cfg.site_ids:
+                self.start_site(site_id)
 
     # -- observation -----------------------------------------------------------------
     def coordinator_ready(self) -> dict[str, int] | None:
@@ -239,7 +392,7 @@ class LocalFederation:
     def check_alive(self, names: Sequence[str]) -> None:
         for name in names:
             p = self.procs.get(name)
-            if p is not None and not p.alive() and p.proc.returncode != 0:
+            if isinstance(p, ServiceProcess) and not p.alive() and p.proc.returncode != 0:
                 raise RuntimeError(
                     f"{name} exited with status {p.proc.returncode}; last log lines:\n"
                     f"{p.log_tail()}"
@@ -261,13 +414,24 @@ class LocalFederation:
             time.sleep(poll_s)
 
     # -- shutdown --------------------------------------------------------------------
-    def stop(self) -> None:
-        """Sites first, then the coordinator, then the key holder."""
-        order = [n for n in self.procs if n not in ("coordinator", "keyholder")]
-        for name in [*order, "coordinator", "keyholder"]:
-            p = self.procs.get(name)
-            if p is not None:
-                p.stop()
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Sites first (all at once), then the coordinator, then the key holder."""
+        roles = ("coordinator", "keyholder", "site-launcher")
+        sites = [p for n, p in self.procs.items() if n not in roles]
+        for group in (
+            sites,
+            [self.procs.get("site-launcher")],
+            [self.procs.get("coordinator")],
+            [self.procs.get("keyholder")],
+        ):
+            members = [p for p in group if p is not None]
+            for p in members:
+                p.signal(signal.SIGTERM)
+            end = time.monotonic() + timeout_s
+            while any(p.alive() for p in members) and time.monotonic() < end:
+                time.sleep(0.05)
+            for p in members:
+                p.stop(0.1)  # SIGKILL what is left; closes log files
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -279,3 +443,7 @@ class LocalFederation:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(fork_sites_main(sys.argv[1]))

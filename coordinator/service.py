@@ -303,15 +303,15 @@ class Coordinator:
         with self._lock:
             rs.check_can_accept(self._state, caller, int(env.round))
 
+    def note_refusal(self, what: str, exc: Exception) -> None:
+        """Log, count and audit a refused request (called by the transport layer)."""
+        logger.warning("refused %s (%s): %s", what, type(exc).__name__, exc)
+        self.metrics.updates.labels(outcome=type(exc).__name__).inc()
+        self._audit("refused", {"request": what, "error": type(exc).__name__, "reason": str(exc)})
+
     def submit(self, up: Upload) -> Receipt:
         t0 = time.perf_counter()
-        try:
-            receipt = self._submit(up)
-        except Exception as exc:
-            self.metrics.updates.labels(outcome=type(exc).__name__).inc()
-            logger.warning("refused update from %s: %s", up.caller, exc)
-            self._audit("update_refused", {"site": up.caller, "reason": str(exc)})
-            raise
+        receipt = self._submit(up)
         self.metrics.updates.labels(outcome="accepted").inc()
         self.metrics.upload_latency.observe(time.perf_counter() - t0)
         return receipt

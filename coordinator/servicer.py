@@ -55,10 +55,11 @@ def _unary(fn: F) -> F:
     """Map domain errors of a unary-response handler to gRPC statuses."""
 
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: CoordinatorServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
         except CoordinatorError as exc:
+            self.core.note_refusal(fn.__name__, exc)
             _abort(context, exc)
 
     return wrapper  # type: ignore[return-value]
@@ -66,10 +67,13 @@ def _unary(fn: F) -> F:
 
 def _streaming(fn: F) -> F:
     @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def wrapper(
+        self: CoordinatorServicer, request: Any, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
         try:
             yield from fn(self, request, context)
         except CoordinatorError as exc:
+            self.core.note_refusal(fn.__name__, exc)
             _abort(context, exc)
 
     return wrapper  # type: ignore[return-value]

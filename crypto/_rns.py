@@ -35,6 +35,8 @@ def pack60(coeffs: U64) -> bytes:
     if flat.size % 2:
         raise ValueError("pack60 needs an even number of values")
     pairs = flat.size // 2
+    if pairs == 0:
+        return b""
     a = flat[0::2]
     b = flat[1::2]
     buf = bytearray(pairs * 15 + 1)  # one spare byte so the last 8-byte word fits

@@ -106,7 +106,7 @@ def _zstd_lib() -> Any:
     global _zstd
     with _zstd_lock:
         if _zstd is None:
-            import _sealapi_cpp  # type: ignore[import-not-found]
+            import _sealapi_cpp
 
             lib = ctypes.CDLL(_sealapi_cpp.__file__)
             lib.ZSTD_decompress.restype = ctypes.c_size_t

@@ -126,37 +126,44 @@ def create_server(
     return server, port, servicer
 
 
-def serve_until_signal(
-    server: grpc.Server,
-    *,
-    grace_s: float = 5.0,
-    health_servicer: health.HealthServicer | None = None,
-    on_stop: Callable[[], None] | None = None,
+def install_stop_signals(
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
-) -> None:
-    """Block until SIGTERM/SIGINT, then stop gracefully (health NOT_SERVING, drain ``grace_s``).
-
-    Must be called from the main thread (signal handlers).
-    """
+) -> threading.Event:
+    """An event set by SIGTERM/SIGINT. Install it before announcing readiness, so a signal
+    that arrives during start-up still leads to a graceful stop. Main thread only."""
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         logger.info("signal %d: stopping gracefully", signum)
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        if health_servicer is not None:
-            health_servicer.enter_graceful_shutdown()
-        server.stop(grace_s).wait()
-        if on_stop is not None:
-            on_stop()
-        for s, h in previous.items():
-            signal.signal(s, h)
-        logger.info("server stopped")
+    for s in signals:
+        signal.signal(s, handler)
+    return stop
+
+
+def serve_until_signal(
+    server: grpc.Server,
+    *,
+    grace_s: float = 5.0,
+    health_servicer: health.HealthServicer | None = None,
+    on_stop: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Block until SIGTERM/SIGINT (or ``stop`` is set), then stop gracefully.
+
+    Health goes NOT_SERVING, in-flight calls get ``grace_s`` seconds, then ``on_stop``
+    runs. Without ``stop``, signal handlers are installed here (main thread only).
+    """
+    event = stop if stop is not None else install_stop_signals()
+    while not event.wait(0.5):
+        pass
+    if health_servicer is not None:
+        health_servicer.enter_graceful_shutdown()
+    server.stop(grace_s).wait()
+    if on_stop is not None:
+        on_stop()
+    logger.info("server stopped")
 
 
 # ---------------------------------------------------------------------------- channel

@@ -96,10 +96,14 @@ data = "actg175:0"
 """
     cfg = loads_config(minimal)
     assert cfg.privacy.mechanism == "none"
+    assert cfg.federation.min_contributors_per_chunk is None
     assert math.isinf(cfg.privacy.budget_epsilon)
     assert loads_config(dumps_config(cfg)) == cfg
     full = loads_config(VALID)
     assert loads_config(dumps_config(full)) == full
+    one = loads_config(VALID.replace("rounds = 3", "rounds = 3\nmin_contributors_per_chunk = 1"))
+    assert one.federation.min_contributors_per_chunk == 1
+    assert loads_config(dumps_config(one)) == one
 
 
 @pytest.mark.parametrize(
@@ -111,6 +115,16 @@ data = "actg175:0"
         ("min_participants = 2", 'min_participants = "2"', "[federation].min_participants"),
         ("min_participants = 2", "min_participants = 9", "exceeds the number of [[sites]]"),
         ("rounds = 3", "rounds = true", "[federation].rounds"),
+        (
+            "rounds = 3",
+            "rounds = 3\nmin_contributors_per_chunk = 0",
+            "[federation].min_contributors_per_chunk",
+        ),
+        (
+            "rounds = 3",
+            "rounds = 3\nmin_contributors_per_chunk = 3",
+            "min_contributors_per_chunk (3) exceeds",
+        ),
         ("round_deadline_s = 30.0", "round_deadline_s = -1", "[federation].round_deadline_s"),
         ('weighting = "iterations"', 'weighting = "votes"', "[federation].weighting"),
         ('coordinator = "127.0.0.1:50051"', 'coordinator = "nohost"', "[network].coordinator"),

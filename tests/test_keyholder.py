@@ -36,6 +36,7 @@ from keyholder.policy import PolicyConfig, PolicyRefusal, Trust, evaluate
 from keyholder.store import DecryptionStore, StoreError
 from proto import cipherfed_pb2 as pb
 from proto import cipherfed_pb2_grpc as pb_grpc
+from proto.clients import KeyHolderClient
 from proto.streams import assemble_blob
 from proto.transport import TlsIdentity, check_health, create_channel
 from proto.wire import (
@@ -44,8 +45,6 @@ from proto.wire import (
     DecryptRequest,
     DecryptResult,
     SignedEnvelope,
-    decrypt_request_messages,
-    read_decrypt_result,
 )
 
 PARAMS = PRESETS["n4096"]
@@ -289,6 +288,9 @@ def test_policy_withholds_chunks_with_fewer_than_k_contributors(world: World) ->
     b = world.update("site-b", 5, 2, chunk_ids=[0])
     approval = evaluate(world.request(5, [a, b]), world.policy(), world.trust(), {})
     assert approval.released_chunks == (0,) and approval.withheld_chunks == (1,)
+    relaxed = world.policy(min_contributors_per_chunk=1)
+    all_chunks = evaluate(world.request(5, [a, b]), relaxed, world.trust(), {})
+    assert all_chunks.released_chunks == (0, 1) and all_chunks.withheld_chunks == ()
     lonely = world.update("site-b", 5, 2, chunk_ids=[1])
     only0 = world.update("site-a", 5, 1, chunk_ids=[0])
     r = _refusal(
@@ -321,7 +323,7 @@ def _engine(world: World, state: Path) -> tuple[KeyHolder, DecryptionStore, Hash
 
 
 def _check_sum(world: World, result: DecryptResult, ups: Sequence[Update]) -> None:
-    expected = sum(u.weight * u.vector for u in ups)
+    expected = np.sum([u.weight * u.vector for u in ups], axis=0)
     for cid, sums in result.sums.items():
         sl = world.layout.chunk_slice(cid)
         err = np.max(np.abs(sums - expected[sl]))
@@ -363,6 +365,24 @@ def test_engine_grants_once_persists_and_logs(world: World, tmp_path: Path) -> N
     assert kinds == ["decrypt.granted", "decrypt.retry", "decrypt.refused", "decrypt.refused"]
     refused = read_log(tmp_path / "audit.jsonl")[2].payload
     assert refused["code"] == "FAILED_PRECONDITION" and "already decrypted" in refused["reason"]
+
+
+def test_engine_refuses_aggregate_under_another_key_without_burning_round(
+    world: World, tmp_path: Path
+) -> None:
+    engine, store, _audit = _engine(world, tmp_path)
+    other_public = SecretContext.generate(PARAMS).public()
+    foreign = World(**{**world.__dict__, "public": other_public})
+    bad_ups = [foreign.update("site-a", 1, 1), foreign.update("site-b", 1, 2)]
+    with pytest.raises(PolicyRefusal) as info:
+        engine.decrypt(foreign.request(1, bad_ups), "coordinator")
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert store.decrypted_rounds() == {}
+    ups = [world.update("site-a", 1, 1), world.update("site-b", 1, 2)]
+    _check_sum(world, engine.decrypt(world.request(1, ups), "coordinator"), ups)
+    store.close()
+    kinds = [e.kind for e in read_log(tmp_path / "audit.jsonl")]
+    assert kinds == ["decrypt.refused", "decrypt.granted"]
 
 
 def test_store_refuses_foreign_state(tmp_path: Path) -> None:
@@ -422,10 +442,7 @@ def _channel(kit: Path, port: int) -> grpc.Channel:
 
 def _decrypt(kit: Path, port: int, req: DecryptRequest) -> DecryptResult:
     with _channel(kit, port) as ch:
-        stream = pb_grpc.KeyHolderStub(ch).DecryptAggregate(
-            decrypt_request_messages(req), timeout=60
-        )
-        return read_decrypt_result(stream, max_values=10**8)
+        return KeyHolderClient(ch, timeout_s=60).decrypt(req, max_values=10**8)
 
 
 def _code(kit: Path, port: int, req: DecryptRequest) -> tuple[grpc.StatusCode, str]:
@@ -490,6 +507,7 @@ def test_service_restart_keeps_key_and_rounds(world: World, tmp_path: Path) -> N
             blob = assemble_blob(
                 pb_grpc.KeyHolderStub(ch).GetPublicContext(pb.ContextRequest()), max_size=10**8
             )
+            assert KeyHolderClient(ch).public_context("kh-test", PARAMS.fingerprint) == blob
         served = World(**{**world.__dict__, "public": PublicContext.from_bytes(blob)})
         ups = [served.update("site-a", 1, 21), served.update("site-c", 1, 23)]
         _decrypt(world.kits.coordinator_kit, kh.port, served.request(1, ups))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import ipaddress
 import json
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from cryptography import x509
@@ -28,6 +30,24 @@ from cipherfed.provisioning import (
 from crypto import SigningKey
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Run one cipherfed command in its own process without importing every other command
+# (``cipherfed.cli`` loads them all; in-process tests cover its dispatch).
+COMMAND_LAUNCHER = (
+    "import argparse, importlib, logging, sys;"
+    "m = importlib.import_module('cipherfed.commands.' + sys.argv[1]);"
+    "p = argparse.ArgumentParser(); m.add_arguments(p);"
+    "logging.basicConfig(level=logging.INFO);"
+    "sys.exit(m.run(p.parse_args(sys.argv[2:])))"
+)
+
+
+def _parse(module: ModuleType, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
 FED = """
 [federation]
 id = "prov-test"
@@ -175,21 +195,26 @@ def test_refuses_nonempty_output_and_reserved_names(tmp_path: Path) -> None:
         provision(loads_config(reserved), tmp_path / "new")
 
 
-def test_provision_command(tmp_path: Path) -> None:
+def test_provision_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fed = tmp_path / "federation.toml"
     fed.write_text(dumps_config(loads_config(FED)))
-    cmd = [sys.executable, "-m", "cipherfed.cli", "provision", str(fed), "--out"]
+    cmd = [sys.executable, "-c", COMMAND_LAUNCHER, "provision", str(fed), "--out"]
     done = subprocess.run([*cmd, str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "site site-a" in done.stdout
     assert load_kit(tmp_path / "out" / "sites" / "site-b").name == "site-b"
+    # Failures, in-process (the CLI's exit code and message).
+    from cipherfed.commands import provision as provision_cmd
+
     bad = tmp_path / "bad.toml"
     bad.write_text(FED.replace("min_participants = 2", "min_participants = 0"))
-    failed = subprocess.run(
-        [*cmd[:-2], str(bad), "--out", str(tmp_path / "o3")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert failed.returncode == 2 and "[federation].min_participants" in failed.stderr
+    args = _parse(provision_cmd, [str(bad), "--out", str(tmp_path / "o3")])
+    assert provision_cmd.run(args) == 2
+    assert "[federation].min_participants" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists()
+    args = _parse(provision_cmd, [str(fed), "--out", str(tmp_path / "out")])
+    assert provision_cmd.run(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    args = _parse(provision_cmd, [str(fed), "--out", str(tmp_path / "o4"), "--days", "0"])
+    assert provision_cmd.run(args) == 2
+    assert "--days" in capsys.readouterr().err

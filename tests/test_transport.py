@@ -74,6 +74,16 @@ class _Servicer(pb_grpc.CoordinatorServicer):
     def __init__(self, blob: bytes) -> None:
         self.blob = blob
 
+    def Enrol(self, request: pb.EnrolRequest, context: grpc.ServicerContext) -> pb.EnrolResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
+        raise AssertionError
+
+    def GetPublicContext(
+        self, request: pb.ContextRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BlobChunk]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
+        raise AssertionError
+
     def GetRound(
         self, request: pb.RoundQuery, context: grpc.ServicerContext
     ) -> pb.RoundAnnouncement:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class RunningKeyHolder:
 
 def start(args: argparse.Namespace) -> RunningKeyHolder:
     """Build and start the server (used by :func:`run` and by tests in-process)."""
+    kit = load_kit(args.kit, expect_role="keyholder")  # fail fast, before heavy imports
     import crypto
     from crypto import SigningKey, VerifyKey
     from crypto.auditlog import HashChainLog
@@ -86,7 +88,6 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
     from keyholder.store import DecryptionStore
     from proto.transport import TlsIdentity
 
-    kit = load_kit(args.kit, expect_role="keyholder")
     cfg = kit.config
     preset = resolve_preset(cfg)
     if preset not in crypto.PRESETS:
@@ -113,6 +114,7 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
         min_participants=cfg.federation.min_participants,
         params_fingerprint=params.fingerprint,
         weighting=cfg.federation.weighting,
+        min_contributors_per_chunk=cfg.federation.min_contributors_per_chunk,
     )
     trust = Trust(
         coordinator=VerifyKey.from_bytes(kit.roster.coordinator.verify_key),
@@ -128,8 +130,8 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
     address = args.address or cfg.network.keyholder
     server, port, health_servicer = build_server(service, TlsIdentity.from_kit(kit.path), address)
     server.start()
-    atomic_write(state / PORT_FILE, f"{port}\n".encode(), 0o644)
     audit.append("keyholder.started", {"port": port, "preset": params.name})
+    atomic_write(state / PORT_FILE, f"{port}\n".encode(), 0o644)  # readiness, written last
     logger.info("key holder of %s serving on port %d", cfg.federation.id, port)
     return RunningKeyHolder(server, port, health_servicer, kit, store, audit)
 
@@ -137,18 +139,25 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
 def run(args: argparse.Namespace) -> int:
     from keyholder.keystore import KeyStoreError
     from keyholder.store import StoreError
-    from proto.transport import serve_until_signal
+    from proto.transport import install_stop_signals, serve_until_signal
 
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = install_stop_signals()  # before readiness is announced
     try:
-        running = start(args)
-    except (ConfigError, ProvisioningError, KeyStoreError, StoreError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"keyholder listening on port {running.port}", flush=True)
-    serve_until_signal(
-        running.server,
-        grace_s=args.grace,
-        health_servicer=running.health,
-        on_stop=running.closed,
-    )
-    return 0
+        try:
+            running = start(args)
+        except (ConfigError, ProvisioningError, KeyStoreError, StoreError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"keyholder listening on port {running.port}", flush=True)
+        serve_until_signal(
+            running.server,
+            grace_s=args.grace,
+            health_servicer=running.health,
+            on_stop=running.closed,
+            stop=stop,
+        )
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
