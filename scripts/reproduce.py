@@ -74,20 +74,23 @@ class Variant:
     encrypted: bool = False
 
 
-def variants(unbalanced_alpha: float) -> list[Variant]:
+def variants(unbalanced_alphas: Sequence[float] = (0.3, 0.1)) -> list[Variant]:
     """Every arm, in table order."""
     out = [
         Variant("fedavg", "fl_vs_central", "FedAvg (restart, N_k-weighted)", centralized=True),
         Variant("no_restart", "momentum", "FedAvg, momentum kept", momentum_restart=False),
-        Variant("unbal_weighted", "weighting", "unbalanced, N_k-weighted", alpha=unbalanced_alpha),
-        Variant(
-            "unbal_uniform",
-            "weighting",
-            "unbalanced, uniform",
-            alpha=unbalanced_alpha,
-            weighting="uniform",
-        ),
     ]
+    for a in unbalanced_alphas:
+        for w, name in (("iterations", "N_k-weighted"), ("uniform", "uniform")):
+            out.append(
+                Variant(
+                    f"unbal{a:g}_{'weighted' if w == 'iterations' else 'uniform'}",
+                    "weighting",
+                    f"unbalanced (α={a:g}), {name}",
+                    alpha=a,
+                    weighting=w,
+                )
+            )
     for q in (0.1, 0.4, 1.0):
         out.append(
             Variant(
@@ -258,6 +261,28 @@ def run_one(v: Variant, seed: int, rounds: int) -> dict[str, Any]:
     return run
 
 
+def _signature(v: Variant) -> tuple[object, ...]:
+    """What defines an arm's runs (its key and label do not)."""
+    d = asdict(v)
+    return tuple(d[k] for k in sorted(d) if k not in ("key", "label", "group"))
+
+
+def _load_cache(path: Path | None) -> dict[tuple[object, ...], dict[str, Any]]:
+    """Successful runs of an earlier results.json, by (arm signature, seed, rounds)."""
+    if path is None:
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        defs = {s["key"]: Variant(**s["variant"]) for s in old["summaries"]}
+        cache: dict[tuple[object, ...], dict[str, Any]] = {}
+        for r in old["runs"]:
+            if "error" not in r and r["variant"] in defs:
+                cache[(_signature(defs[r["variant"]]), r["seed"], len(r["auc"]))] = r
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--reuse {path}: not a results.json of this script ({exc})") from exc
+    return cache
+
+
 def _run_star(job: tuple[Variant, int, int]) -> dict[str, Any]:
     return run_one(*job)
 
@@ -407,13 +432,16 @@ def claims(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         d,
         _better(d, 0.005),
     )
-    d = _pair(runs, "unbal_weighted", "unbal_uniform", "final_auc")
-    add(
-        "Weighting by local iterations beats uniform averaging with unbalanced sites",
-        "final AUC higher with N_k weighting by > 0.005 on average and on every seed",
-        d,
-        _better(d, 0.005),
-    )
+    for key in sorted(k for k in runs if k.startswith("unbal") and k.endswith("_weighted")):
+        alpha = key[len("unbal") : -len("_weighted")]
+        d = _pair(runs, key, key.replace("_weighted", "_uniform"), "final_auc")
+        add(
+            "Weighting by local iterations beats uniform averaging with unbalanced sites "
+            f"(Dirichlet α={alpha})",
+            "final AUC higher with N_k weighting by > 0.005 on average and on every seed",
+            d,
+            _better(d, 0.005),
+        )
     d = _pair(runs, "partial_40", "partial_100", "final_auc")
     add(
         "Sharing 40% of the parameters is almost identical to sharing all",
@@ -473,7 +501,7 @@ def write_plots(out: Path, runs: dict[str, list[dict[str, Any]]], vs: list[Varia
         )
     curves(
         "weighting.png",
-        [("unbal_weighted", ""), ("unbal_uniform", "")],
+        [(v.key, "") for v in vs if v.group == "weighting"],
         "auc",
         "Unbalanced sites: N_k-weighted vs uniform FedAvg",
         "val AUC",
@@ -519,7 +547,7 @@ def write_markdown(out: Path, result: dict[str, Any]) -> None:
         f"Regenerate: `{result['regenerate']}`",
         "",
         f"Data: ACTG 175 (lifelines), target `cens`, {result['n_sites']} sites (Dirichlet "
-        f"α=1; α={result['unbalanced_alpha']} for the unbalanced arms), fixed validation set of "
+        f"α=1; α={result['unbalanced_alphas']} for the unbalanced arms), fixed validation set of "
         f"{result.get('validation_size', '?')} patients; MLP with {result.get('n_params', '?')} "
         f"parameters; {result['rounds']} rounds; seeds {result['seeds']}. Values are mean ± std "
         "over seeds. 'mean AUC' is the AUC averaged over all rounds (a convergence-speed "
@@ -598,37 +626,53 @@ def run_all(
     *,
     jobs: int = 1,
     groups: Sequence[str] = GROUPS,
-    unbalanced_alpha: float = 0.1,
+    unbalanced_alphas: Sequence[float] = (0.3, 0.1),
+    reuse: Path | None = None,
     encrypted_rounds: int | None = None,
     command: str = "",
 ) -> dict[str, Any]:
     """Run every selected arm on every seed, write the outputs and return the JSON dict."""
-    vs = [v for v in variants(unbalanced_alpha) if v.group in groups]
+    vs = [v for v in variants(unbalanced_alphas) if v.group in groups]
     if "encrypted" in groups and "fedavg" not in {v.key for v in vs}:
-        vs.insert(0, variants(unbalanced_alpha)[0])  # the plaintext reference
+        vs.insert(0, variants(unbalanced_alphas)[0])  # the plaintext reference
     if "momentum" in groups and "fedavg" not in {v.key for v in vs}:
-        vs.insert(0, variants(unbalanced_alpha)[0])
+        vs.insert(0, variants(unbalanced_alphas)[0])
     jobs_list = [
         (v, s, encrypted_rounds if v.encrypted and encrypted_rounds else rounds)
         for v in vs
         for s in seeds
     ]
     started = time.perf_counter()
-    results: list[dict[str, Any]]
-    if jobs > 1:
+    cache = _load_cache(reuse)
+    reused = 0
+    results: list[dict[str, Any] | None] = []
+    todo: list[tuple[Variant, int, int]] = []
+    for v, seed, n in jobs_list:
+        hit = cache.get((_signature(v), seed, n))
+        if hit is not None:
+            results.append(dict(hit, variant=v.key))
+            reused += 1
+        else:
+            results.append(None)
+            todo.append((v, seed, n))
+    fresh: list[dict[str, Any]]
+    if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as ex:
-            results = list(ex.map(_run_star, jobs_list))
+            fresh = list(ex.map(_run_star, todo))
     else:
         _worker_init()
-        results = []
-        for j in jobs_list:
+        fresh = []
+        for j in todo:
             logger.info("running %s seed %d", j[0].key, j[1])
-            results.append(_run_star(j))
+            fresh.append(_run_star(j))
+    it = iter(fresh)
+    done: list[dict[str, Any]] = [r if r is not None else next(it) for r in results]
+    results_all = done
     runs: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
+    for r in results_all:
         runs.setdefault(r["variant"], []).append(r)
     out.mkdir(parents=True, exist_ok=True)
-    ok_any = next((r for r in results if "error" not in r), None)
+    ok_any = next((r for r in results_all if "error" not in r), None)
     result: dict[str, Any] = {
         "command": command,
         "regenerate": "nice python scripts/reproduce.py --seeds 0 1 2 --rounds 30 --jobs 2",
@@ -638,7 +682,8 @@ def run_all(
         "rounds": rounds,
         "encrypted_rounds": encrypted_rounds or rounds,
         "n_sites": 13,
-        "unbalanced_alpha": unbalanced_alpha,
+        "unbalanced_alphas": list(unbalanced_alphas),
+        "reused_runs": reused,
         "gamma": GAMMA,
         "svt_tau": SVT_TAU,
         "n_params": ok_any["n_params"] if ok_any else None,
@@ -646,7 +691,7 @@ def run_all(
         "wall_seconds": time.perf_counter() - started,
         "summaries": [summarize(v, runs.get(v.key, [])) for v in vs],
         "claims": claims(runs),
-        "runs": results,
+        "runs": results_all,
     }
     result["plots"] = write_plots(out, runs, vs)
     (out / "results.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
@@ -661,7 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--encrypted-rounds", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
-    parser.add_argument("--unbalanced-alpha", type=float, default=0.1)
+    parser.add_argument("--unbalanced-alpha", type=float, nargs="+", default=[0.3, 0.1])
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="an earlier results.json: runs of identical arms, seeds and rounds are reused",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="2 rounds, first seed only")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -679,7 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             jobs=args.jobs,
             groups=args.only,
-            unbalanced_alpha=args.unbalanced_alpha,
+            unbalanced_alphas=args.unbalanced_alpha,
+            reuse=args.reuse,
             encrypted_rounds=enc_rounds,
             command=cmd.strip(),
         )

@@ -69,6 +69,9 @@ class InProcessKeyholder:
         self.substitute = substitute
         self.first_update: dict[int, crypto.EncryptedUpdate] = {}
 
+    def public_context(self) -> bytes:
+        return self.ctx.to_bytes()
+
     def decrypt(self, job: DecryptJob) -> DecryptOutcome:
         aggregate = job.aggregate
         if self.substitute:
