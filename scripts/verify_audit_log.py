@@ -31,7 +31,10 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +194,6 @@ def verify_run(paths: RunPaths) -> dict[str, Any]:
         roster = Roster.from_json(paths.roster.read_text(), str(paths.roster))
     except (OSError, ProvisioningError) as exc:
         raise RunLayoutError(f"roster {paths.roster}: {exc}") from exc
-    fed = roster.federation_id
     coord_log = _verify_chain(
         report, "coordinator", paths.coordinator_log, roster.coordinator.verify_key
     )
@@ -202,7 +204,36 @@ def verify_run(paths: RunPaths) -> dict[str, Any]:
         ctx = crypto.PublicContext.from_bytes(ctx_path.read_bytes())
     except (OSError, crypto.InvalidUpdate) as exc:
         raise RunLayoutError(f"public context {ctx_path}: {exc}") from exc
-    store = CoordinatorStore(paths.coordinator / "coordinator.sqlite")
+    with tempfile.TemporaryDirectory(prefix="cipherfed-verify-") as tmp:
+        store = _open_store_copy(paths.coordinator, Path(tmp))
+        try:
+            return _verify_rounds(report, paths, roster, ctx, store, coord_log, kh_log)
+        finally:
+            store.close()
+
+
+def _open_store_copy(state: Path, tmp: Path) -> CoordinatorStore:
+    """The coordinator database, opened on a private copy: the audited run is never written."""
+    for suffix in ("", "-wal", "-shm"):
+        src = state / f"coordinator.sqlite{suffix}"
+        if src.is_file():
+            shutil.copy2(src, tmp / src.name)
+    try:
+        return CoordinatorStore(tmp / "coordinator.sqlite")
+    except sqlite3.DatabaseError as exc:
+        raise RunLayoutError(f"{state / 'coordinator.sqlite'}: unreadable ({exc})") from exc
+
+
+def _verify_rounds(
+    report: Report,
+    paths: RunPaths,
+    roster: Roster,
+    ctx: crypto.PublicContext,
+    store: CoordinatorStore,
+    coord_log: list[LogEntry],
+    kh_log: list[LogEntry],
+) -> dict[str, Any]:
+    fed = roster.federation_id
     blobs = BlobStore(paths.coordinator / "blobs")
     layout_fp = store.get_meta("layout_fingerprint")
     if store.get_meta("federation_id") != fed:
@@ -293,7 +324,6 @@ def verify_run(paths: RunPaths) -> dict[str, Any]:
                     False,
                     "the coordinator applied an aggregate the key holder never logged granting",
                 )
-    store.close()
     failures = report.failures
     return {
         "run": str(paths.root),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -200,9 +201,11 @@ def test_demo_layout_is_found(clean_run: Path) -> None:
 
 def test_changed_blob_byte_is_detected(clean_run: Path, tmp_path: Path) -> None:
     run = _copy(clean_run, tmp_path)
-    blobs = sorted(p for p in (run / "state/coordinator/blobs").glob("*/*") if p.is_file())
-    big = [p for p in blobs if p.stat().st_size > 40_000]  # ciphertext chunks, not models
-    target = big[0]
+    db = sqlite3.connect(run / "state/coordinator/coordinator.sqlite")
+    (chunks,) = db.execute("SELECT chunks FROM submissions WHERE round = 2 LIMIT 1").fetchone()
+    db.close()
+    digest = next(iter(json.loads(chunks).values()))  # a stored ciphertext chunk
+    target = run / "state/coordinator/blobs" / digest[:2] / digest
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
