@@ -13,6 +13,7 @@ in total, and compares the result with the site's budget. It flags:
 * ``budget_exceeded``: composed ε above the budget;
 * ``missing_ledger`` / ``unreadable_ledger``: a site that should have a ledger has none,
   or a corrupted one;
+* ``delta_mismatch``: the ledger composes at another δ than the configured one;
 * ``rounds_without_ledger_entry``: the coordinator stored an update of the site for a
   round its ledger never recorded (a DP mechanism is configured);
 * ``mechanism_audit_failed``: the black-box SVT audit (``scripts/audit_mechanism.py``,
@@ -172,6 +173,14 @@ def audit_site(root: Path, cfg: FederationConfig, site: str) -> dict[str, Any]:
     if ledger_site != site:
         flags.append(
             {"flag": "unreadable_ledger", "detail": f"ledger belongs to site {ledger_site!r}"}
+        )
+    if not math.isclose(delta, p.delta, rel_tol=1e-9):
+        flags.append(
+            {
+                "flag": "delta_mismatch",
+                "detail": f"ledger composes at δ={delta:g}, the configuration promises "
+                f"δ={p.delta:g}",
+            }
         )
     if not dp_mechanisms:
         total = math.inf  # whatever DP events exist, the shared updates carry no guarantee

@@ -114,6 +114,18 @@ def test_no_claim_no_flag(tmp_path: Path) -> None:
     assert math.isinf(result["sites"][0]["epsilon_total"])
 
 
+def test_ledger_with_another_delta_is_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    write_config(root, "svt", budget=20.0)
+    for s in SITES:
+        path = root / "state" / s / "privacy_ledger.sqlite"
+        path.parent.mkdir(parents=True)
+        with PrivacyLedger(path, 1e-3, 20.0, s) as ledger:
+            ledger.record(1, "svt", svt_events(SVTConfig(fraction=0.1, gamma=0.01, epsilon=2), D))
+    result = audit_run(root, tmp_path / "r", audit_trials=0)
+    assert _flags(result) == {("s1", "delta_mismatch"), ("s2", "delta_mismatch")}
+
+
 def test_corrupted_ledger_is_flagged(tmp_path: Path) -> None:
     root = tmp_path / "run"
     write_config(root, "svt", budget=20.0)
