@@ -330,7 +330,10 @@ def encode_frame(frame: pd.DataFrame, schema: FederationSchema, source: str) -> 
 
 def _numeric(column: pd.Series, name: str, source: str) -> np.ndarray:
     """The column as float64; a missing or non-numeric cell is an error naming its row."""
-    values: np.ndarray = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    try:
+        values: np.ndarray = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):  # cells pandas cannot even coerce (lists, dicts, ...)
+        values = np.array([_to_float(cell) for cell in column.tolist()], dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -341,6 +344,15 @@ def _numeric(column: pd.Series, name: str, source: str) -> np.ndarray:
             problem = f"{cell!r} is not a finite number"
         raise DataValidationError(source, i + 1, name, problem)
     return values
+
+
+def _to_float(cell: Any) -> float:
+    if isinstance(cell, bool):
+        return float(cell)
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _encode_feature(column: pd.Series, spec: FeatureSpec, source: str) -> np.ndarray:

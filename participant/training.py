@@ -1,8 +1,9 @@
 """One site's local round: load the global weights, run N_k Adam steps, return (ΔW, N_k).
 
 Rule for N_k: if ``TrainConfig.local_iters`` is set every site runs exactly that many
-iterations; otherwise ``N_k = ceil(local_epochs * n_k / batch_size)``, so larger sites run
-more iterations and weigh more in FedAvg (the paper's weighting by local iterations).
+iterations (``local_epochs`` is then ignored); otherwise
+``N_k = ceil(local_epochs * n_k / batch_size)``, so larger sites run more iterations and
+weigh more in FedAvg (the paper's weighting by local iterations).
 
 Momentum restart (default on): the Adam state (``exp_avg``, ``exp_avg_sq``, ``step``) is
 discarded at the start of every round by creating a new optimizer. With it off, one
@@ -49,30 +50,33 @@ __all__ = [
 class TrainConfig:
     """Local-training hyper-parameters; invalid values raise ``ValueError`` naming the field.
 
-    Exactly one of ``local_iters`` (fixed N_k) and ``local_epochs`` (N_k from the site's
-    size) must be set. ``pos_weight`` up-weights positive labels in the binary loss.
+    N_k rule: ``local_iters``, when set, fixes N_k for every site; otherwise
+    ``N_k = ceil(local_epochs * n_k / batch_size)``. ``pos_weight`` up-weights positive
+    labels in the binary loss. Field order follows docs/interfaces.md.
     """
 
-    local_epochs: float | None = 1.0
     local_iters: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     momentum_restart: bool = True
     weight_decay: float = 0.0
+    local_epochs: float | None = 1.0
     pos_weight: float | None = None
     dp_sgd: DPSGDConfig | None = None
 
     def __post_init__(self) -> None:
-        if (self.local_epochs is None) == (self.local_iters is None):
-            raise ValueError("local_epochs/local_iters: set exactly one of them")
+        if self.local_iters is None and self.local_epochs is None:
+            raise ValueError("local_epochs/local_iters: set at least one of them")
+        if self.local_iters is not None and (
+            isinstance(self.local_iters, bool)
+            or not isinstance(self.local_iters, int)
+            or self.local_iters < 1
+        ):
+            raise ValueError(f"local_iters: {self.local_iters} must be an integer >= 1")
         if self.local_epochs is not None and not (
             math.isfinite(self.local_epochs) and self.local_epochs > 0
         ):
             raise ValueError(f"local_epochs: {self.local_epochs} must be > 0")
-        if self.local_iters is not None and (
-            isinstance(self.local_iters, bool) or self.local_iters < 1
-        ):
-            raise ValueError(f"local_iters: {self.local_iters} must be an integer >= 1")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: {self.batch_size} must be >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):

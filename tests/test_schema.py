@@ -93,6 +93,22 @@ def test_bad_files_name_file_row_and_column(  # type: ignore[no-untyped-def]
         assert repr(column) in str(err)
 
 
+def test_parquet_with_nested_cells_is_a_clear_error(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "age": [20, 30],
+            "weight": [[70.0], [80.0]],
+            "smoker": [0, 1],
+            "arm": ["A", "B"],
+            "event": [0, 1],
+        }
+    )
+    frame.to_parquet(tmp_path / "nested.parquet")
+    with pytest.raises(DataValidationError, match="not a finite number") as info:
+        load_site_table(tmp_path / "nested.parquet", SCHEMA)
+    assert info.value.row == 1 and info.value.column == "weight"
+
+
 def test_unsupported_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match="no such file"):
         load_site_table(tmp_path / "absent.csv", SCHEMA)

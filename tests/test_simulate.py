@@ -100,6 +100,8 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
             str(out),
             "--no-progress",
             "--no-momentum-restart",
+            "--pos-weight",
+            "none",
         ]
     )
     assert rc == 0
@@ -108,6 +110,7 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert 0.0 <= doc["federated"]["auc"] <= 1.0 and 0.0 <= doc["centralized"]["auc"] <= 1.0
     assert doc["config"]["train"]["momentum_restart"] is False
     assert doc["config"]["hidden"] == [8]
+    assert doc["config"]["train"]["pos_weight"] is None
     assert "federated AUC" in capsys.readouterr().out
 
 

@@ -31,6 +31,15 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plaintext",
@@ -67,7 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DEFAULT_TRAIN.lr)
     parser.add_argument("--weight-decay", type=float, default=DEFAULT_TRAIN.weight_decay)
-    parser.add_argument("--pos-weight", type=float, default=DEFAULT_TRAIN.pos_weight)
+    parser.add_argument(
+        "--pos-weight",
+        type=_optional_float,
+        default=DEFAULT_TRAIN.pos_weight,
+        help="weight of positive labels in the loss, or 'none' (default %(default)s)",
+    )
     parser.add_argument(
         "--no-momentum-restart", action="store_true", help="keep Adam state across rounds"
     )
