@@ -47,7 +47,7 @@ def pack60(coeffs: U64) -> bytes:
     return bytes(buf[: pairs * 15])
 
 
-def unpack60(data: bytes, count: int) -> U64:
+def unpack60(data: bytes | memoryview, count: int) -> U64:
     """Inverse of :func:`pack60` for ``count`` values; ``len(data)`` must be exact."""
     if count % 2 or len(data) != count // 2 * 15:
         raise ValueError(f"packed length {len(data)} does not hold {count} values")
@@ -87,9 +87,14 @@ def weighted_sum_mod(arrays: Sequence[U64], weights: Sequence[int], q: int) -> U
         raise ValueError("modulus outside the supported range")
     acc_lo = np.zeros(arrays[0].shape, dtype=np.uint64)
     acc_hi = np.zeros(arrays[0].shape, dtype=np.uint64)
+    tmp = np.empty(arrays[0].shape, dtype=np.uint64)
     for arr, w in zip(arrays, weights, strict=True):
         wu = np.uint64(w)
-        acc_lo += (arr & _MASK30) * wu
-        acc_hi += (arr >> _S30) * wu
+        np.bitwise_and(arr, _MASK30, out=tmp)
+        tmp *= wu
+        acc_lo += tmp
+        np.right_shift(arr, _S30, out=tmp)
+        tmp *= wu
+        acc_hi += tmp
     total = (acc_hi >> _S30) * np.uint64(r) + ((acc_hi & _MASK30) << _S30) + acc_lo
     return total % np.uint64(q)

@@ -174,7 +174,8 @@ def _fast_coeffs(ct: Any, n: int, scale: float) -> U64 | None:
         return None
     if count != 2 * n or cap < count or not data:
         return None
-    out = np.frombuffer(ctypes.string_at(data, 16 * n), dtype="<u8").astype(np.uint64)
+    out = np.empty(2 * n, dtype=np.uint64)
+    ctypes.memmove(out.ctypes.data, data, 16 * n)
     if int(out[0]) != ct.data(0) or int(out[n]) != ct.data(1):
         return None
     return out.reshape(2, n)

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto import _rns
-from crypto.ciphertext import ChunkCiphertext, ChunkKind, decode_chunk, encode_chunk
+from crypto.ciphertext import ChunkHeader, ChunkKind, decode_coeffs, decode_header, encode_chunk
 from crypto.context import PublicContext
 from crypto.errors import InvalidUpdate
 from crypto.packing import ChunkLayout
@@ -132,45 +132,54 @@ def weighted_sum(
     ws = _check_weights(weights, len(updates))
     params = ctx.params
     q = ctx.data_prime
-    by_chunk: dict[int, list[tuple[int, ChunkCiphertext]]] = {}
+    # pass 1: every header (cheap); pass 2, chunk by chunk: coefficients, sum, encode
+    by_chunk: dict[int, list[tuple[int, int, ChunkHeader]]] = {}
     layout_fp: str | None = None
     for k, upd in enumerate(updates):
         if not isinstance(upd, EncryptedUpdate):
             raise TypeError(f"update {k} must be an EncryptedUpdate, got {type(upd).__name__}")
         for cid, blob in upd.chunks.items():
             try:
-                ct = decode_chunk(params, q, ctx.key_id, blob)
+                h = decode_header(params, ctx.key_id, blob)
             except InvalidUpdate as exc:
                 raise InvalidUpdate(f"update {k}, chunk {cid}: {exc}") from None
-            if ct.kind is not ChunkKind.UPDATE:
+            if h.kind is not ChunkKind.UPDATE:
                 raise InvalidUpdate(f"update {k}, chunk {cid}: not a participant chunk")
-            if ct.chunk_id != cid:
-                raise InvalidUpdate(f"update {k}: chunk {cid} carries chunk id {ct.chunk_id}")
+            if h.chunk_id != cid:
+                raise InvalidUpdate(f"update {k}: chunk {cid} carries chunk id {h.chunk_id}")
             if layout_fp is None:
-                layout_fp = ct.layout_fingerprint
-            elif ct.layout_fingerprint != layout_fp:
+                layout_fp = h.layout_fingerprint
+            elif h.layout_fingerprint != layout_fp:
                 raise InvalidUpdate(f"update {k}, chunk {cid}: another chunk layout")
-            by_chunk.setdefault(cid, []).append((ws[k], ct))
+            by_chunk.setdefault(cid, []).append((k, ws[k], h))
     if layout_fp is None:
         raise ValueError("no update carries any chunk")
-    chunks: dict[int, bytes] = {}
-    norms: dict[int, int] = {}
-    for cid in sorted(by_chunk):
-        entries = by_chunk[cid]
-        n_values = {ct.n_values for _, ct in entries}
+    for cid, entries in by_chunk.items():
+        n_values = {h.n_values for _, _, h in entries}
         if len(n_values) != 1:
             raise InvalidUpdate(f"chunk {cid}: updates disagree on its length {sorted(n_values)}")
-        total = sum(w for w, _ in entries)
+        total = sum(w for _, w, _ in entries)
         if total > params.max_weight_sum:
             raise ValueError(
                 f"chunk {cid}: weight sum {total} exceeds max_weight_sum "
                 f"{params.max_weight_sum} of preset {params.name}"
             )
-        summed = _rns.weighted_sum_mod([ct.coeffs for _, ct in entries], [w for w, _ in entries], q)
+    chunks: dict[int, bytes] = {}
+    norms: dict[int, int] = {}
+    for cid in sorted(by_chunk):
+        entries = by_chunk[cid]
+        arrays = []
+        for k, _, h in entries:
+            try:
+                arrays.append(decode_coeffs(params, q, h))
+            except InvalidUpdate as exc:
+                raise InvalidUpdate(f"update {k}, chunk {cid}: {exc}") from None
+        weights_c = [w for _, w, _ in entries]
+        summed = _rns.weighted_sum_mod(arrays, weights_c, q)
         chunks[cid] = encode_chunk(
-            params, ctx.key_id, ChunkKind.AGGREGATE, cid, n_values.pop(), layout_fp, summed
+            params, ctx.key_id, ChunkKind.AGGREGATE, cid, entries[0][2].n_values, layout_fp, summed
         )
-        norms[cid] = total
+        norms[cid] = sum(weights_c)
     logger.debug("weighted sum of %d updates over %d chunks", len(updates), len(chunks))
     return EncryptedAggregate(chunks, norms, params.fingerprint, layout_fp)
 

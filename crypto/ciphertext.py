@@ -74,12 +74,23 @@ def blob_size(params: CkksParams) -> int:
     return _HEADER.size + _rns.packed_size(2 * params.poly_modulus_degree)
 
 
-def decode_chunk(params: CkksParams, q: int, key_id: str, blob: bytes) -> ChunkCiphertext:
-    """Parse and validate an untrusted chunk blob made for ``params`` under the public key
-    ``key_id``; raises :class:`InvalidUpdate`."""
+@dataclass(frozen=True)
+class ChunkHeader:
+    """The validated header of a chunk blob (coefficients not yet read)."""
+
+    kind: ChunkKind
+    chunk_id: int
+    n_values: int
+    layout_fingerprint: str
+    blob: bytes
+
+
+def decode_header(params: CkksParams, key_id: str, blob: bytes) -> ChunkHeader:
+    """Validate everything but the coefficient range; raises :class:`InvalidUpdate`."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise InvalidUpdate(f"chunk blob must be bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
+    if not isinstance(blob, bytes):
+        blob = bytes(blob)
     if len(blob) < _HEADER.size:
         raise InvalidUpdate(f"chunk blob truncated: {len(blob)} bytes, header needs {_HEADER.size}")
     magic, version, kind, pfp, kid, lfp, chunk_id, n_values = _HEADER.unpack_from(blob)
@@ -109,10 +120,24 @@ def decode_chunk(params: CkksParams, q: int, key_id: str, blob: bytes) -> ChunkC
         raise InvalidUpdate(
             f"chunk blob has {len(blob)} bytes, expected {expected} (truncated or padded)"
         )
-    coeffs = _rns.unpack60(blob[_HEADER.size :], 2 * n).reshape(2, n)
+    return ChunkHeader(chunk_kind, chunk_id, n_values, lfp.hex(), blob)
+
+
+def decode_coeffs(params: CkksParams, q: int, header: ChunkHeader) -> npt.NDArray[np.uint64]:
+    """The read-only ``uint64[2, N]`` coefficients; :class:`InvalidUpdate` if any is >= q."""
+    n = params.poly_modulus_degree
+    coeffs = _rns.unpack60(memoryview(header.blob)[_HEADER.size :], 2 * n).reshape(2, n)
     if int(coeffs.max()) >= q:
         raise InvalidUpdate("ciphertext coefficient not reduced modulo the data prime")
     coeffs.setflags(write=False)
+    return coeffs
+
+
+def decode_chunk(params: CkksParams, q: int, key_id: str, blob: bytes) -> ChunkCiphertext:
+    """Parse and validate an untrusted chunk blob made for ``params`` under the public key
+    ``key_id``; raises :class:`InvalidUpdate`."""
+    h = decode_header(params, key_id, blob)
+    coeffs = decode_coeffs(params, q, h)
     return ChunkCiphertext(
-        chunk_kind, chunk_id, n_values, params.fingerprint, key_id, lfp.hex(), coeffs
+        h.kind, h.chunk_id, h.n_values, params.fingerprint, key_id, h.layout_fingerprint, coeffs
     )

@@ -23,6 +23,7 @@ from crypto.ciphertext import MAGIC as CHUNK_MAGIC
 from crypto.context import PublicContext
 from crypto.errors import InvalidUpdate
 from crypto.packing import ChunkLayout
+from crypto.params import FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ class EncryptedUpdate:
         return sum(len(b) for b in self.chunks.values())
 
     def to_bytes(self) -> bytes:
-        from crypto.params import FORMAT_VERSION
-
         if not (self.params_fingerprint and self.layout_fingerprint):
             raise ValueError("an update without fingerprints cannot be serialized")
         parts = [
@@ -97,8 +96,6 @@ class EncryptedUpdate:
     @classmethod
     def from_bytes(cls, blob: bytes) -> EncryptedUpdate:
         """Split an untrusted update container (chunk blobs are checked by ``load_chunk``)."""
-        from crypto.params import FORMAT_VERSION
-
         if not isinstance(blob, bytes | bytearray | memoryview):
             raise InvalidUpdate(f"update must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)

@@ -39,6 +39,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--participants", type=int, default=13)
     p.add_argument("--preset", default="n4096", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-weight",
+        type=int,
+        default=100,
+        help="weights (local iterations) drawn in [max/5, max]",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the JSON here too")
     return p.parse_args(argv)
 
@@ -57,42 +63,47 @@ def main(argv: list[str] | None = None) -> int:
 
     # Clipped-update-like data: |x| <= 1, integer weights = local iteration counts.
     vectors = [rng.uniform(-1.0, 1.0, n_params) for _ in range(k)]
-    weights = [int(w) for w in rng.integers(20, 101, size=k)]
+    weights = [int(w) for w in rng.integers(args.max_weight // 5, args.max_weight + 1, size=k)]
     if sum(weights) > params.max_weight_sum:
         raise SystemExit(f"weights sum {sum(weights)} > max_weight_sum {params.max_weight_sum}")
 
     enc_times = []
+    enc_cpu = 0.0
     updates = []
     for vec in vectors:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         updates.append(encrypt_update(ctx, layout, vec))
         enc_times.append(time.perf_counter() - t0)
+        enc_cpu += time.process_time() - c0
     dense_bytes = updates[0].wire_bytes()
 
     tenth = list(range(0, layout.n_chunks, 10))
     sparse = encrypt_update(ctx, layout, vectors[0], chunk_ids=tenth)
     sparse_bytes = sparse.wire_bytes()
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     agg = weighted_sum(ctx, updates, weights)
     wsum_s = time.perf_counter() - t0
+    wsum_cpu = time.process_time() - c0
     agg_bytes = len(agg.to_bytes())
     agg = EncryptedAggregate.from_bytes(agg.to_bytes())
 
     # The same weighted sum in plaintext: numpy float32, one pass per participant.
     f32 = [v.astype(np.float32) for v in vectors]
     reps = 5
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(reps):
         acc = np.zeros(n_params, dtype=np.float32)
         for w, v in zip(weights, f32, strict=True):
             acc += np.float32(w) * v
     plain_s = (time.perf_counter() - t0) / reps
+    plain_cpu = (time.process_time() - c0) / reps
 
     exact = secret._decrypt_exact(agg)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     released = secret.decrypt_aggregate(agg, np.random.default_rng(args.seed + 1))
     dec_s = time.perf_counter() - t0
+    dec_cpu = time.process_time() - c0
 
     wsum = sum(weights)
     reference = sum(w * v for w, v in zip(weights, vectors, strict=True)) / wsum
@@ -128,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         / sum(len(range(*layout.chunk_slice(c).indices(n_params))) for c in tenth),
         "aggregate_bytes_per_param": agg_bytes / n_params,
         "wsum_model_params_per_s": n_params / wsum_s,
+        "encrypt_params_per_cpu_s": n_params * k / enc_cpu,
+        "wsum_params_per_cpu_s": n_params * k / wsum_cpu,
+        "decrypt_params_per_cpu_s": n_params / dec_cpu,
+        "plaintext_wsum_params_per_cpu_s": n_params * k / plain_cpu,
+        "load_average_1min_at_end": os.getloadavg()[0],
         "plaintext_wsum_model_params_per_s": n_params / plain_s,
         "ratio_wsum_plaintext_over_he": (n_params * k / plain_s) / (n_params * k / wsum_s),
         "ratio_wire_bytes_he_over_float32": (dense_bytes / n_params) / 4.0,
@@ -143,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_abs_error_flooded": float(err_flooded.mean()),
         "threads": 1,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, shared with other jobs",
+        "note": "*_per_s: wall clock; *_per_cpu_s: process CPU time (single thread). wsum and "
+        "plaintext_wsum count params x participants; *_model_params_per_s count the model once.",
     }
     text = json.dumps(result, indent=2)
     if args.json is not None:

@@ -288,3 +288,11 @@ def test_apply_aggregate_checks(layout: ChunkLayout) -> None:
 def test_unpack_rejects_wrong_length() -> None:
     with pytest.raises(ValueError, match="does not hold"):
         _rns.unpack60(b"\x00" * 14, 2)
+
+
+def test_weighted_sum_names_the_update_with_an_unreduced_coefficient(
+    public: PublicContext, update: EncryptedUpdate
+) -> None:
+    bad = _patch(update.chunks[1], 110, b"\xff" * 15)
+    with pytest.raises(InvalidUpdate, match=r"update 1, chunk 1: .*not reduced"):
+        weighted_sum(public, [update, EncryptedUpdate({1: bad})], [1, 1])

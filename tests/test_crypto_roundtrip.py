@@ -65,12 +65,14 @@ def _sparse_vector(rng: np.random.Generator, total: int, density: float) -> np.n
 
 
 @settings(
-    max_examples=12,
+    max_examples=20,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     shapes=st.lists(st.tuples(st.integers(1, 70), st.integers(1, 90)), min_size=1, max_size=3),
+    extra=st.sampled_from([1, CHUNK - 1, CHUNK + 1, 2 * CHUNK + 7]),
     n_sites=st.integers(1, 4),
     density=st.sampled_from([0.0, 0.001, 0.3, 1.0]),
     seed=st.integers(0, 2**32 - 1),
@@ -79,13 +81,15 @@ def test_encrypted_fedavg_equals_plaintext_fedavg(
     secret: SecretContext,
     public: PublicContext,
     shapes: list[tuple[int, int]],
+    extra: int,
     n_sites: int,
     density: float,
     seed: int,
 ) -> None:
     rng = np.random.default_rng(seed)
     layout = ChunkLayout.from_shapes(
-        [(f"p{i}", s) for i, s in enumerate(shapes)] + [("bias", (3,))], CHUNK
+        [(f"p{i}", s) for i, s in enumerate(shapes)] + [("extra", (extra,)), ("bias", (3,))],
+        CHUNK,
     )
     vectors = [_sparse_vector(rng, layout.total, density) for _ in range(n_sites)]
     vectors[0][-1] = 0.5  # at least one chunk is sent
@@ -203,7 +207,7 @@ def _load_pk(public: PublicContext) -> object:
     return pk
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     st.lists(st.integers(0, 2**60 - 1), min_size=0, max_size=40).filter(lambda x: len(x) % 2 == 0)
 )
@@ -237,3 +241,15 @@ def test_n8192_preset_round_trip() -> None:
     agg = weighted_sum(pub, [encrypt_update(pub, layout, v) for v in vs], [3, 5])
     new = apply_aggregate(np.zeros(layout.total), layout, sec._decrypt_exact(agg), agg.normalizers)
     assert np.abs(new - (3 * vs[0] + 5 * vs[1]) / 8).max() < 1e-6
+
+
+def test_save_path_is_used_when_direct_read_is_disabled(
+    monkeypatch: pytest.MonkeyPatch, secret: SecretContext
+) -> None:
+    monkeypatch.setattr(_seal, "_FAST_ENABLED", False)
+    pub = PublicContext(PARAMS, secret.public()._public_key_blob)  # fresh SEAL context
+    layout = ChunkLayout.from_shapes([("w", (100,))], CHUNK)
+    v = np.linspace(-1, 1, 100)
+    agg = weighted_sum(pub, [encrypt_update(pub, layout, v)] * 2, [1, 2])
+    assert pub._seal_ctx._fast_ok is False
+    assert np.abs(secret._decrypt_exact(agg)[0] - 3 * v).max() < 1e-6
