@@ -19,7 +19,7 @@ from crypto.secret import SecretContext
 from proto.wire import DECRYPT_RESULT_DOMAIN, DecryptRequest, DecryptResult
 
 from .policy import PolicyConfig, PolicyRefusal, Trust, evaluate
-from .store import DecryptionStore
+from .store import DecryptionStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,12 @@ class KeyHolder:
                 self.refuse(refusal.code, refusal.reason, **base)
                 raise
             if approval.retry:
-                result = self._store.load_result(self._policy.federation_id, req.round)
+                try:
+                    result = self._store.load_result(self._policy.federation_id, req.round)
+                except StoreError as exc:
+                    reason = f"round {req.round} was already decrypted ({exc})"
+                    self.refuse("FAILED_PRECONDITION", reason, **base)
+                    raise PolicyRefusal("FAILED_PRECONDITION", reason) from None
                 self._audit.append(
                     "decrypt.retry",
                     {

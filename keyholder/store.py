@@ -53,9 +53,17 @@ class DecryptionStore:
     """Thread-safe access to ``keyholder.sqlite``."""
 
     def __init__(
-        self, path: str | os.PathLike[str], federation_id: str, params_fingerprint: str
+        self,
+        path: str | os.PathLike[str],
+        federation_id: str,
+        params_fingerprint: str,
+        *,
+        keep_released_rounds: int = 2,
     ) -> None:
+        if keep_released_rounds < 1:
+            raise ValueError("keep_released_rounds must be >= 1")
         self.path = Path(path)
+        self.keep_released_rounds = keep_released_rounds
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -122,6 +130,13 @@ class DecryptionStore:
                         for cid in sorted(result.sums)
                     ],
                 )
+                # Released values are kept only for recent rounds (identical retries come
+                # right after a crash); the decision record itself is kept forever.
+                self._db.execute(
+                    "DELETE FROM released_sums WHERE round <= "
+                    "(SELECT MAX(round) FROM decryptions) - ?",
+                    (self.keep_released_rounds,),
+                )
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 self._db.execute("ROLLBACK")
@@ -144,6 +159,8 @@ class DecryptionStore:
             ).fetchall()
         if head is None:
             raise StoreError(f"round {round_} was never decrypted")
+        if not rows:
+            raise StoreError(f"the values released for round {round_} are no longer kept")
         sums = {int(c): np.frombuffer(v, dtype="<f8").astype(np.float64) for c, _, v in rows}
         stds = {int(c): float(s) for c, s, _ in rows}
         return DecryptResult(federation_id, round_, sums, stds, bytes(head[0]))

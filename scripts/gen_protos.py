@@ -18,6 +18,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+VERSIONS_FILE = "GENERATED_WITH"
+GENERATORS = ("grpcio-tools", "mypy-protobuf")
+
+
+def generator_versions() -> str:
+    """The generator versions the output depends on, one ``name==version`` per line."""
+    from importlib.metadata import version
+
+    return "".join(f"{name}=={version(name)}\n" for name in GENERATORS)
+
+
+def descriptor_set(protos: list[Path] | None = None) -> bytes:
+    """A serialized ``FileDescriptorSet`` of ``proto/*.proto`` (no source info)."""
+    from grpc_tools import protoc
+
+    files = protos or sorted(PROTO_DIR.glob("*.proto"))
+    include = Path(protoc.__file__).parent / "_proto"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.pb"
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"-I{include}",
+            f"--descriptor_set_out={out}",
+            *[p.name for p in files],
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed")
+        return out.read_bytes()
 
 
 def _plugin(name: str) -> str:
@@ -67,6 +96,9 @@ def generate(out_dir: Path) -> list[Path]:
             target = out_dir / path.name
             target.write_text(_fix_imports(path.read_text(), modules))
             written.append(target)
+    versions = out_dir / VERSIONS_FILE
+    versions.write_text(generator_versions())
+    written.append(versions)
     return written
 
 

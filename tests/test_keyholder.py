@@ -385,6 +385,21 @@ def test_engine_refuses_aggregate_under_another_key_without_burning_round(
     assert kinds == ["decrypt.refused", "decrypt.granted"]
 
 
+def test_store_keeps_released_values_only_for_recent_rounds(tmp_path: Path) -> None:
+    store = DecryptionStore(tmp_path / "s.sqlite", "fed", "a" * 64, keep_released_rounds=2)
+    for r in (1, 2, 3, 4):
+        res = DecryptResult("fed", r, {0: np.full(3, float(r))}, {0: 0.5}, b"\x01" * 64)
+        store.record(f"{r:064x}", ("s1", "s2"), (), res)
+    assert sorted(store.decrypted_rounds()) == [1, 2, 3, 4]
+    assert np.array_equal(store.load_result("fed", 4).sums[0], np.full(3, 4.0))
+    assert store.load_result("fed", 3).flooding_std == {0: 0.5}
+    with pytest.raises(StoreError, match="no longer kept"):
+        store.load_result("fed", 2)
+    with pytest.raises(StoreError, match="already recorded"):
+        store.record("f" * 64, (), (), DecryptResult("fed", 4, {0: np.zeros(1)}, {0: 1.0}))
+    store.close()
+
+
 def test_store_refuses_foreign_state(tmp_path: Path) -> None:
     DecryptionStore(tmp_path / "s.sqlite", "fed-a", "a" * 64).close()
     with pytest.raises(StoreError, match="federation_id"):
