@@ -43,7 +43,32 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def cli_argv(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "cipherfed.cli", *args]
+    """``cipherfed <args>`` through :func:`run_one_command` (see there)."""
+    return [sys.executable, "-m", "cipherfed.localfed", "run", *args]
+
+
+def run_one_command(argv: Sequence[str]) -> int:
+    """``cipherfed [--log-level L] COMMAND ...`` importing only that command's module.
+
+    ``cipherfed.cli`` imports every command to build its parser (the simulation pulls in
+    torch, scipy and pandas); a key holder or coordinator started here skips that.
+    """
+    import argparse
+    import importlib
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--log-level", default="INFO")
+    pre.add_argument("command")
+    known, rest = pre.parse_known_args(argv)
+    module = importlib.import_module(f"cipherfed.commands.{known.command}")
+    parser = argparse.ArgumentParser(prog=f"cipherfed {known.command}")
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=getattr(logging, known.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(module.run(args))
 
 
 class ServiceProcess:
@@ -158,7 +183,6 @@ def fork_sites_main(spec_path: str) -> int:
     import cipherfed.commands.participant
     import cipherfed.site_setup  # noqa: F401
     import participant.training  # noqa: F401
-    from cipherfed.cli import main
 
     children: dict[int, str] = {}
     for site in spec["sites"]:
@@ -170,7 +194,7 @@ def fork_sites_main(spec_path: str) -> int:
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
                 _die_with_parent()
-                code = main(site["argv"])
+                code = run_one_command(site["argv"])
             except BaseException:
                 import traceback
 
@@ -334,7 +358,7 @@ class LocalFederation:
         spec_path.write_text(json.dumps(spec))
         launcher = ServiceProcess(
             "site-launcher",
-            [sys.executable, "-m", "cipherfed.localfed", str(spec_path)],
+            [sys.executable, "-m", "cipherfed.localfed", "sites", str(spec_path)],
             self.root / "logs" / "site-launcher.log",
             self.env,
         )
@@ -359,6 +383,13 @@ class LocalFederation:
                 self.start_site(site_id)
 
     # -- observation -----------------------------------------------------------------
+    def service(self, name: str) -> ServiceProcess:
+        """The key holder, coordinator or site launcher process."""
+        proc = self.procs[name]
+        if not isinstance(proc, ServiceProcess):
+            raise TypeError(f"{name} is a forked site, not a service process")
+        return proc
+
     def coordinator_ready(self) -> dict[str, int] | None:
         path = self.state("coordinator.ready.json")
         try:
@@ -446,4 +477,6 @@ class LocalFederation:
 
 
 if __name__ == "__main__":
-    sys.exit(fork_sites_main(sys.argv[1]))
+    if sys.argv[1:2] == ["sites"]:
+        sys.exit(fork_sites_main(sys.argv[2]))
+    sys.exit(run_one_command(sys.argv[2:] if sys.argv[1:2] == ["run"] else sys.argv[1:]))

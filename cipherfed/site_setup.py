@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,17 +20,21 @@ from torch import nn
 
 import crypto
 from cipherfed.config import FederationConfig, resolve_preset
-from cipherfed.simulation import DEFAULT_TRAIN, SimulationConfig
-from participant.data import ACTG175_SCHEMA, load_actg175
 from participant.model import build_mlp, flatten_params, param_shapes
-from participant.partition import Partition, make_partition
-from participant.schema import SiteDataset, load_site_table
-from participant.training import TrainConfig
+
+if TYPE_CHECKING:  # the data and training stack is imported where needed (start-up cost)
+    from cipherfed.simulation import SimulationConfig
+    from participant.partition import Partition
+    from participant.schema import SiteDataset
+    from participant.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
 def train_config(cfg: FederationConfig) -> TrainConfig:
+    from cipherfed.simulation import DEFAULT_TRAIN
+    from participant.training import TrainConfig
+
     t = cfg.training
     return TrainConfig(
         local_epochs=None if t.local_iters is not None else t.local_epochs,
@@ -44,6 +49,8 @@ def train_config(cfg: FederationConfig) -> TrainConfig:
 
 def simulation_config(cfg: FederationConfig, rounds: int | None = None) -> SimulationConfig:
     """The plaintext simulation that a federation file describes (for the reference run)."""
+    from cipherfed.simulation import SimulationConfig
+
     weighting = cfg.federation.weighting
     if weighting not in ("iterations", "uniform"):
         raise ValueError(f"[federation].weighting {weighting!r} has no plaintext reference")
@@ -60,10 +67,14 @@ def simulation_config(cfg: FederationConfig, rounds: int | None = None) -> Simul
 
 @functools.cache
 def _actg175() -> SiteDataset:
+    from participant.data import load_actg175
+
     return load_actg175()
 
 
 def embedded_partition(cfg: FederationConfig) -> Partition:
+    from participant.partition import make_partition
+
     sim = simulation_config(cfg)
     data = _actg175()
     return make_partition(
@@ -90,6 +101,9 @@ def site_data(cfg: FederationConfig, site_id: str) -> SiteData:
     index = cfg.site_ids.index(site_id)
     part_index = site.embedded_partition
     if part_index is None:
+        from participant.data import ACTG175_SCHEMA
+        from participant.schema import load_site_table
+
         return SiteData(load_site_table(site.data, ACTG175_SCHEMA), index)
     part = embedded_partition(cfg)
     if not 0 <= part_index < part.n_sites:
@@ -105,6 +119,8 @@ def validation_set(cfg: FederationConfig) -> SiteDataset:
 
 
 def in_features() -> int:
+    from participant.data import ACTG175_SCHEMA
+
     return ACTG175_SCHEMA.n_features
 
 

@@ -96,8 +96,12 @@ class GrpcKeyholder:
             raise KeyholderRefused(f"decrypt round {job.round}: malformed answer: {exc}") from exc
         if result.federation_id != self.federation_id or result.round != job.round:
             raise KeyholderRefused(f"answer names round {result.round} of {result.federation_id}")
-        if set(result.sums) != set(job.normalizers):
-            raise KeyholderRefused("answer's chunks differ from the aggregate's chunks")
+        extra = set(result.sums) - set(job.normalizers)
+        if extra:
+            raise KeyholderRefused(f"answer has chunks {sorted(extra)} the aggregate lacks")
+        withheld = sorted(set(job.normalizers) - set(result.sums))
+        if withheld:  # fewer than K contributors: those chunks keep W(t-1)
+            logger.info("round %d: key holder withheld chunks %s", job.round, withheld)
         try:
             crypto.verify_message(
                 self._kh_key,

@@ -159,15 +159,17 @@ class Coordinator:
 
     # -- start-up and recovery -------------------------------------------------------
     def _recover(self) -> rs.RoundState:
-        fid = self.store.get_meta("federation_id")
-        if fid is None:
-            self.store.set_meta("federation_id", self.spec.federation_id)
-            self.store.set_meta("layout_fingerprint", self.spec.layout.fingerprint)
-        elif fid != self.spec.federation_id:
-            raise ValueError(
-                f"state dir {self.state_dir} belongs to federation {fid!r}, "
-                f"not {self.spec.federation_id!r}"
-            )
+        for key, ours in (
+            ("federation_id", self.spec.federation_id),
+            ("layout_fingerprint", self.spec.layout.fingerprint),
+        ):
+            stored = self.store.get_meta(key)
+            if stored is None:
+                self.store.set_meta(key, ours)
+            elif stored != ours:
+                raise ValueError(
+                    f"state dir {self.state_dir} was made with {key} {stored!r}, not {ours!r}"
+                )
         if self.store.checkpoint(0) is None:
             digest = self.blobs.put(model_to_bytes(self.spec.initial_model))
             self.store.save_checkpoint(0, digest, self.clock())
@@ -178,19 +180,6 @@ class Coordinator:
             self._audit("round_opened", {"round": 1, "model": state.model_digest})
             logger.info("round 1 opened")
             return state
-        for sub in self.store.submissions(state.round):
-            state = rs.accept(state, sub.accepted()) if state.phase is rs.Phase.OPEN else state
-        if state.phase is not rs.Phase.OPEN:
-            accepted = {s.site_id: s.accepted() for s in self.store.submissions(state.round)}
-            state = rs.RoundState(
-                state.round,
-                state.attempt,
-                state.phase,
-                state.opened_at,
-                state.deadline,
-                state.model_digest,
-                accepted,
-            )
         if state.phase is rs.Phase.DONE and state.round < self.spec.policy.rounds:
             state = self._open_next(state)
         logger.info(
@@ -324,8 +313,12 @@ class Coordinator:
             crypto.verify_envelope(self.spec.roster[up.caller], env, up.signature)
         except crypto.InvalidUpdate as exc:
             raise InvalidSubmission(f"signature check failed for {up.caller!r}: {exc}") from exc
-        if int(env.weight) < 1:
-            raise InvalidSubmission(f"weight must be >= 1, got {env.weight}")
+        max_weight = self.ctx.params.max_weight_sum // max(1, len(self.spec.roster))
+        if not 1 <= int(env.weight) <= max_weight:
+            raise InvalidSubmission(
+                f"weight {env.weight} outside [1, {max_weight}] (the CKKS preset's headroom "
+                f"for {len(self.spec.roster)} sites)"
+            )
         ids = tuple(int(c) for c in env.chunk_ids)
         if not ids:
             raise InvalidSubmission("update carries no chunk")
@@ -519,11 +512,14 @@ class Coordinator:
 
     def run_ticks(self, interval_s: float = 0.1) -> None:
         """Tick until :meth:`stop` is called (run it in a thread)."""
-        while not self._stop.wait(interval_s):
+        wait = interval_s
+        while not self._stop.wait(wait):
             try:
                 self.tick()
-            except Exception:  # keep serving; the failure is logged and retried
-                logger.exception("round tick failed")
+                wait = interval_s
+            except Exception:  # keep serving; the failure is logged and retried later
+                logger.exception("round tick failed; retrying in %.0fs", 5.0)
+                wait = 5.0
 
     def stop(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from coordinator.rounds import Accepted, Phase, RoundState
@@ -188,6 +189,7 @@ class CoordinatorStore:
             )
 
     def load_latest_round(self) -> RoundState | None:
+        """The newest round with every update accepted in it."""
         rows = self._query(
             "SELECT round, attempt, phase, opened_at, deadline, model_digest FROM rounds "
             "ORDER BY round DESC LIMIT 1"
@@ -202,6 +204,9 @@ class CoordinatorStore:
             opened_at=float(r[3]),
             deadline=float(r[4]),
             model_digest=str(r[5]),
+            accepted=MappingProxyType(
+                {s.site_id: s.accepted() for s in self.submissions(int(r[0]))}
+            ),
         )
 
     def round_stats(self) -> list[dict[str, Any]]:

@@ -212,7 +212,7 @@ class ParticipantDaemon:
         timings["privacy_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        update = crypto.encrypt_update(self.ctx, self.layout, vector)
+        update = crypto.encrypt_update(self.ctx, self.layout, self._in_range(t, vector))
         timings["encrypt_s"] = time.perf_counter() - t0
         if not update.chunks:
             self.state.mark_skipped(t, "the privacy step selected nothing to share")
@@ -230,7 +230,7 @@ class ParticipantDaemon:
         signature = crypto.sign_envelope(self.id.signing_key, env)
         prepared = PreparedUpdate(
             round=t,
-            envelope=wire.envelope_to_proto(env).SerializeToString(deterministic=True),
+            envelope=env.canonical_bytes(),
             signature=signature,
             chunks=dict(update.chunks),
             timings=timings,
@@ -247,10 +247,26 @@ class ParticipantDaemon:
         )
         return prepared
 
+    def _in_range(self, t: int, vector: np.ndarray) -> np.ndarray:
+        """Clip to the CKKS preset's value bound (post-processing: no privacy cost)."""
+        assert self.ctx is not None
+        bound = self.ctx.params.value_bound
+        over = int(np.count_nonzero(np.abs(vector) > bound))
+        if over:
+            logger.warning(
+                "%s: round %d: %d value(s) beyond the CKKS bound ±%g clipped (max |v| %.3g)",
+                self.id.site_id,
+                t,
+                over,
+                bound,
+                float(np.abs(vector).max()),
+            )
+            clipped: np.ndarray = np.clip(vector, -bound, bound)
+            return clipped
+        return vector
+
     def _deliver(self, prep: PreparedUpdate) -> bool:
-        signed = pb.SignedEnvelope(
-            envelope=pb.Envelope.FromString(prep.envelope), signature=prep.signature
-        )
+        signed = pb.SignedEnvelope(envelope=prep.envelope, signature=prep.signature)
         t0 = time.perf_counter()
         try:
             receipt = self.client.upload(signed, prep.chunks, prep.timings)

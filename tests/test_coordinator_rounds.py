@@ -112,8 +112,8 @@ def test_store_round_trip_and_reopen(tmp_path: Path) -> None:
     st.close()
 
     st = CoordinatorStore(path)
-    assert st.load_latest_round() == state
     [sub] = st.submissions(1)
+    assert st.load_latest_round() == rs.accept(state, sub.accepted())
     assert sub == _sub("a", 1)
     assert sub.accepted().chunk_ids == (0, 2)
     assert st.enrolled() == {"a"}

@@ -200,6 +200,8 @@ def test_bad_inputs_are_refused_with_the_right_error_and_nothing_is_lost(
         coord.submit(
             Upload("b", env, crypto.sign_envelope(keys["b"], env), other_params.chunks, {})
         )
+    with pytest.raises(InvalidSubmission, match="weight 100000 outside"):
+        coord.submit(update(secret, keys, "b", 1, vec(2), weight=100_000))
     with pytest.raises(WrongRound, match="round 2 is not open"):
         coord.submit(update(secret, keys, "b", 2, vec(2)))
     with pytest.raises(TooLarge, match="exceeds the limit"):

@@ -52,10 +52,10 @@ def privacy_step(
         svt = SVTConfig(
             fraction=p.sharing_fraction, gamma=p.gamma, tau=p.threshold, epsilon=p.epsilon
         )
-        return LedgerPrivacy(ledger, layout, rng, svt=svt)
+        return LedgerPrivacy(ledger, layout, rng, svt)
     if p.mechanism == "partial":
         part = PartialShareConfig(fraction=p.sharing_fraction, gamma=p.gamma)
-        return LedgerPrivacy(ledger, layout, rng, partial=part)
+        return LedgerPrivacy(ledger, layout, rng, part)
     return LedgerPrivacy(ledger, layout, rng)
 
 
