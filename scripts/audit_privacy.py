@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epsilon": {s["site"]: s.get("epsilon_total") for s in result["sites"]},
         "report": str(args.out / "privacy_audit.html"),
     }
-    print(json.dumps(_jsonable(summary), indent=1, default=str))
+    print(json.dumps(_jsonable(summary), indent=1, default=str, ensure_ascii=False))
     return 0 if result["ok"] else 1
 
 
