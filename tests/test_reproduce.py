@@ -18,7 +18,7 @@ def test_quick_mode_writes_table_json_and_plots(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     assert data["rounds"] == 2 and data["seeds"] == [0]
     keys = [s["key"] for s in data["summaries"]]
-    assert keys == ["fedavg", "no_restart", "encrypted"]
+    assert keys == ["fedavg", "no_restart", "restart_lr0.01", "no_restart_lr0.01", "encrypted"]
     for s in data["summaries"]:
         assert s["runs_ok"] == 1, s["runs_failed"]
     fed = next(r for r in data["runs"] if r["variant"] == "fedavg")
@@ -39,7 +39,7 @@ def test_quick_mode_writes_table_json_and_plots(tmp_path: Path) -> None:
     arg = ["--quick", "--only", "momentum", "--reuse", str(out / "results.json")]
     assert main([*arg, "--out", str(again)]) == 0
     data2 = json.loads((again / "results.json").read_text())
-    assert data2["reused_runs"] == 2
+    assert data2["reused_runs"] == 4
     assert data2["runs"][0]["auc"] == fed["auc"]
 
 
@@ -84,7 +84,10 @@ def test_claims_on_known_runs() -> None:
     }
     got = {c["claim"]: c for c in claims(runs)}
     assert got["FL reaches performance close to centralized training"]["verdict"] == "held"
-    assert got["Restarting momentum every round speeds convergence"]["verdict"] == "held"
+    assert (
+        got["Restarting momentum every round speeds convergence (Adam lr=1e-3)"]["verdict"]
+        == "held"
+    )
     weighted = next(c for k, c in got.items() if k.endswith("(Dirichlet α=0.3)"))
     assert weighted["per_seed_differences"] == pytest.approx([0.01, -0.01, -0.03])
     assert weighted["verdict"].startswith("inconclusive")
