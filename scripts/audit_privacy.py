@@ -46,6 +46,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from cipherfed.config import ConfigError, FederationConfig, load_config
 from participant.privacy import LedgerError, PrivacyLedger, compose_epsilon, event_from_json
@@ -280,6 +281,7 @@ def _plot_epsilon(sites: list[dict[str, Any]], path: Path) -> bool:
             ax.axhline(s["budget_epsilon"], color="tab:red", linestyle="--", linewidth=0.8)
     if drawn:
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_ylabel("ε (composed, at the ledger's δ)")
         ax.set_title("Privacy loss over rounds per site (dashed: budget)")
@@ -298,6 +300,7 @@ def _plot_auc(series: dict[str, list[float | None]], path: Path) -> bool:
     for name, ys in series.items():
         xs = [i + 1 for i, y in enumerate(ys) if y is not None]
         ax.plot(xs, [y for y in ys if y is not None], marker=".", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("validation AUC")
     ax.set_title("Validation AUC over rounds")
