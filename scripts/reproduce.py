@@ -19,7 +19,7 @@ and the training order; the validation set is fixed). Comparisons (mean ± std o
 Outputs under ``--out`` (default ``docs/results``): ``results.json`` (every run's per-round
 curves and the summaries), ``results.md`` (table + one line per paper claim) and PNG plots.
 
-Regenerate (about 15 min on 2 shared cores):
+Regenerate (about 17 min on 2 shared cores):
 ``nice python scripts/reproduce.py --seeds 0 1 2 --rounds 30 --jobs 2``
 Smoke mode (used by the tests): ``--quick`` (2 rounds, one seed, into a given ``--out``).
 """
@@ -566,7 +566,7 @@ def write_markdown(out: Path, result: dict[str, Any]) -> None:
         + (
             f" ({result['reused_runs']} of {len(result['runs'])} runs here were reused from "
             "earlier invocations with identical arms, seeds and rounds via `--reuse`; the "
-            "command above recomputes all of them, about 15 min on 2 shared cores)."
+            "command above recomputes all of them, about 17 min on 2 shared cores)."
             if result.get("reused_runs")
             else "."
         ),
