@@ -33,9 +33,19 @@ logger = logging.getLogger(__name__)
 
 def train_config(cfg: FederationConfig) -> TrainConfig:
     from cipherfed.simulation import DEFAULT_TRAIN
+    from participant.privacy.config import DPSGDConfig
     from participant.training import TrainConfig
 
     t = cfg.training
+    d = cfg.privacy.dp_sgd
+    dp_sgd = None
+    if d is not None:  # patient-level DP-SGD inside each site, calibrated for all rounds
+        dp_sgd = DPSGDConfig(
+            target_epsilon=d.target_epsilon,
+            target_delta=d.target_delta,
+            max_grad_norm=d.max_grad_norm,
+            planned_rounds=cfg.federation.rounds,
+        )
     return TrainConfig(
         local_epochs=None if t.local_iters is not None else t.local_epochs,
         local_iters=t.local_iters,
@@ -44,6 +54,7 @@ def train_config(cfg: FederationConfig) -> TrainConfig:
         momentum_restart=t.momentum_restart,
         weight_decay=t.weight_decay,
         pos_weight=DEFAULT_TRAIN.pos_weight,
+        dp_sgd=dp_sgd,
     )
 
 

@@ -117,11 +117,6 @@ class Receipt:
     signature: bytes
 
 
-def envelope_digest(env: UpdateEnvelope) -> str:
-    """The digest receipts name: SHA-256 of the envelope's canonical bytes."""
-    return wire.envelope_digest(env.canonical_bytes())
-
-
 class Coordinator:
     """One federation's coordinator. Thread-safe; call :meth:`tick` (or :meth:`run_ticks`)."""
 
@@ -155,6 +150,7 @@ class Coordinator:
         self.store = CoordinatorStore(self.state_dir / "coordinator.sqlite")
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._retry_at = 0.0  # monotonic time before which a failed decryption is not retried
         self._state = self._recover()
 
     # -- start-up and recovery -------------------------------------------------------
@@ -339,7 +335,7 @@ class Coordinator:
                 raise InvalidSubmission(f"chunk {cid} is not a valid ciphertext: {exc}") from exc
         blob_names = {cid: self.blobs.put(blob) for cid, blob in up.chunks.items()}
         now = self.clock()
-        edigest = envelope_digest(env)
+        edigest = wire.envelope_digest(env.canonical_bytes())  # what the receipt names
         fields = wire.ReceiptFields(
             federation_id=self.spec.federation_id,
             round=int(env.round),
@@ -397,6 +393,8 @@ class Coordinator:
         with self._lock:
             state = self._state
             if state.phase is rs.Phase.AGGREGATING:
+                if time.monotonic() < self._retry_at:
+                    return rs.Action.WAIT
                 action = rs.Action.CLOSE
             else:
                 action = rs.decide(state, self.clock(), self.spec.roster.keys(), self.spec.policy)
@@ -452,7 +450,8 @@ class Coordinator:
             try:
                 result = self.decryptor.decrypt(job)
             except KeyholderUnavailable as exc:
-                logger.warning("round %d: key holder unavailable (%s); will retry", t_round, exc)
+                logger.warning("round %d: key holder unavailable (%s); retry in 2s", t_round, exc)
+                self._retry_at = time.monotonic() + 2.0
                 return
             except KeyholderRefused as exc:
                 logger.error("round %d: key holder refused: %s; model kept", t_round, exc)
@@ -467,7 +466,6 @@ class Coordinator:
                     t_round, sums_digest, result.flooding_std, self.clock()
                 )
                 sums: dict[int, np.ndarray] | None = dict(result.sums)
-                normalizers = dict(agg.normalizers)
             else:
                 sums = None
         else:

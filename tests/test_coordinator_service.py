@@ -23,7 +23,12 @@ from coordinator.errors import (
     TooLarge,
     WrongRound,
 )
-from coordinator.keyholder_link import DecryptJob, DecryptOutcome, KeyholderRefused
+from coordinator.keyholder_link import (
+    DecryptJob,
+    DecryptOutcome,
+    KeyholderRefused,
+    KeyholderUnavailable,
+)
 from coordinator.rounds import Action, Phase, RoundPolicy
 from coordinator.service import Coordinator, FederationSpec, Upload
 from crypto.secret import SecretContext
@@ -267,3 +272,39 @@ def test_coordinator_never_imports_or_holds_a_secret_key(secret) -> None:  # typ
     assert not any("decrypt" in name for name in dir(ctx))
     with pytest.raises(crypto.InvalidUpdate):
         SecretContext.import_secret_key_encrypted(ctx.to_bytes(), b"0123456789abcdef")
+
+
+class FlakyDecryptor(SecretKeyDecryptor):
+    def __init__(self, secret: SecretContext, failures: int) -> None:
+        super().__init__(secret)
+        self.failures = failures
+
+    def decrypt(self, job: DecryptJob) -> DecryptOutcome:
+        if self.failures:
+            self.failures -= 1
+            raise KeyholderUnavailable("connection refused")
+        return super().decrypt(job)
+
+
+def test_key_holder_down_keeps_the_round_aggregating_then_completes(make, secret, keys) -> None:  # type: ignore[no-untyped-def]
+    coord = make(dec=FlakyDecryptor(secret, failures=1))
+    for s in SITES:
+        coord.submit(update(secret, keys, s, 1, vec(ord(s))))
+    coord.tick()
+    assert coord.state.round == 1 and coord.state.phase is Phase.AGGREGATING
+    assert coord.tick() is Action.WAIT  # not retried at once
+    coord._retry_at = 0.0
+    assert coord.tick() is Action.CLOSE and coord.state.round == 2
+
+
+def test_key_holder_refusal_keeps_the_model(make, secret, keys) -> None:  # type: ignore[no-untyped-def]
+    dec = SecretKeyDecryptor(secret)
+    dec.rounds.append(1)  # as if round 1 had been decrypted before (lost answer)
+    coord = make(dec=dec)
+    w0 = coord.global_model()
+    for s in SITES:
+        coord.submit(update(secret, keys, s, 1, vec(ord(s))))
+    coord.tick()
+    assert coord.state.round == 2
+    assert np.array_equal(coord.global_model(), w0)
+    assert coord.store.round_stats()[0]["outcome"].startswith("refused")

@@ -21,7 +21,7 @@ import pytest
 import crypto
 from cipherfed import site_setup
 from cipherfed.commands.participant import privacy_step
-from cipherfed.config import FederationConfig, PrivacyConfig
+from cipherfed.config import DPSGDSection, FederationConfig, PrivacyConfig
 from cipherfed.provisioning import ProvisionResult, provision
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.rounds import RoundPolicy
@@ -239,3 +239,23 @@ def test_unknown_status_is_not_retried(server: Server) -> None:
         client.enrol(server.cfg.federation.id, "site-00", b"\x00" * 32)
     assert info.value.code is grpc.StatusCode.PERMISSION_DENIED
     client.close()
+
+
+def test_federation_file_maps_to_the_simulation_and_trainer_settings() -> None:
+    cfg = small_config(3, rounds=7)
+    sim = site_setup.simulation_config(cfg)
+    assert (sim.n_sites, sim.rounds, sim.seed, sim.train.lr) == (3, 7, 0, 1e-3)
+    assert sim.train.dp_sgd is None
+    with_dp = dataclasses.replace(
+        cfg,
+        privacy=PrivacyConfig(dp_sgd=DPSGDSection(target_epsilon=3.0, target_delta=1e-5)),
+    )
+    dp = site_setup.train_config(with_dp).dp_sgd
+    assert dp is not None and (dp.target_epsilon, dp.planned_rounds) == (3.0, 7)
+    layout = site_setup.chunk_layout(cfg)
+    assert layout.total == site_setup.initial_model(cfg).size and layout.n_chunks == 1
+    parts = [site_setup.site_data(cfg, s) for s in cfg.site_ids]
+    assert [p.index for p in parts] == [0, 1, 2]
+    assert sum(len(p.dataset) for p in parts) + len(site_setup.validation_set(cfg)) == 2139
+    with pytest.raises(KeyError, match="not in federation"):
+        site_setup.site_data(cfg, "site-99")

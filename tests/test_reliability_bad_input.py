@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cipherfed.provisioning import provision
 from crypto.secret import SecretContext
 from proto import cipherfed_pb2 as pb
 from proto import cipherfed_pb2_grpc as pb_grpc
-from proto import streams
+from proto import streams, transport
 from tests.e2e_helpers import send, signed_upload, small_config, start_services, stub_for
 
 pytestmark = pytest.mark.slow
@@ -182,6 +183,14 @@ def test_every_bad_input_gets_a_clear_status_and_nothing_is_lost(env: Env, tmp_p
 
     log = env.fed.procs["coordinator"].log_path.read_text()
     assert log.count("refused UploadUpdate") >= 9
+    ready = env.fed.coordinator_ready()
+    assert ready is not None
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{ready['metrics_port']}/metrics").read()
+    assert b'cipherfed_updates_total{outcome="InvalidSubmission"}' in metrics
+    assert b"cipherfed_rounds_completed_total 1.0" in metrics
+    ch, _ = stub_for(env.fed.kits.site_kits["site-00"], env.address)
+    assert transport.check_health(ch)
+    ch.close()
 
 
 def test_coordinator_process_holds_no_secret_key(env: Env) -> None:

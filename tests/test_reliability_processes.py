@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cipherfed import site_setup
-from cipherfed.demo import checkpoints
+from cipherfed.demo import checkpoints, collect_round_stats
 from cipherfed.localfed import LocalFederation
 from cipherfed.simulation import run_simulation
 from participant.state import DaemonState, RoundStatus
@@ -76,6 +76,13 @@ def test_federation_survives_kills_and_matches_plaintext(tmp_path: Path) -> None
 
         log = fed.procs["coordinator"].log_path.read_text()
         assert f"resumed at round {t} (open) with 2 accepted update(s)" in log
+
+    stats = collect_round_stats(fed.state("coordinator"))
+    assert [r["participants"] for r in stats] == [3 if r < t else 2 for r in range(1, ROUNDS + 1)]
+    for r in stats:
+        assert r["training_s"] > 0 and r["encryption_s"] > 0 and r["upload_s"] > 0
+        assert r["aggregation_s"] > 0 and r["decryption_s"] > 0
+        assert r["upload_bytes_per_participant"] > 4 * layout.total  # ciphertext expansion
 
     for site in ("site-00", "site-01"):
         state = DaemonState(fed.state(site) / "daemon.sqlite")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import signal
@@ -98,19 +97,6 @@ def run(args: argparse.Namespace) -> int:
     layout = site_setup.chunk_layout(cfg)
     params = site_setup.ckks_params(cfg)
     train_cfg = site_setup.train_config(cfg)
-    if cfg.privacy.dp_sgd is not None:
-        from participant.privacy.config import DPSGDConfig
-
-        d = cfg.privacy.dp_sgd
-        train_cfg = dataclasses.replace(
-            train_cfg,
-            dp_sgd=DPSGDConfig(
-                target_epsilon=d.target_epsilon,
-                target_delta=d.target_delta,
-                max_grad_norm=d.max_grad_norm,
-                planned_rounds=cfg.federation.rounds,
-            ),
-        )
     seed = site_setup.trainer_seed(cfg, data.index)
     trainer = LocalTrainer(
         site_setup.model_factory(cfg), data.dataset, train_cfg, device=args.device, seed=seed
