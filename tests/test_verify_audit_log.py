@@ -228,6 +228,19 @@ def test_changed_log_line_is_detected(clean_run: Path, tmp_path: Path, which: st
     assert any("line 2" in f and "log chain" in f for f in _failed(result)), _failed(result)
 
 
+def test_changed_stored_weight_is_detected(clean_run: Path, tmp_path: Path) -> None:
+    run = _copy(clean_run, tmp_path)
+    db = sqlite3.connect(run / "state/coordinator/coordinator.sqlite")
+    with db:
+        db.execute(
+            "UPDATE submissions SET weight = weight + 1 WHERE round = 1 AND site_id = ?",
+            (SITES[1],),
+        )
+    db.close()
+    failed = _failed(verify_run(locate(run)))
+    assert any("stored weight 5 != signed weight 4" in f for f in failed), failed
+
+
 def test_substituted_aggregate_is_detected(tmp_path: Path, secret: SecretContext) -> None:
     run = build_run(tmp_path / "federation", secret, substitute=True)
     result = verify_run(locate(run))
