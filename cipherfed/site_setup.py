@@ -62,6 +62,11 @@ def simulation_config(cfg: FederationConfig, rounds: int | None = None) -> Simul
     """The plaintext simulation that a federation file describes (for the reference run)."""
     from cipherfed.simulation import SimulationConfig
 
+    if not is_actg175_schema(cfg.schema):  # the reference run trains on ACTG 175 partitions
+        raise ValueError(
+            f"federation {cfg.federation.id!r} declares its own [schema]; "
+            "the plaintext reference runs only on the embedded ACTG 175 data"
+        )
     weighting = cfg.federation.weighting
     if weighting not in ("iterations", "uniform"):
         raise ValueError(f"[federation].weighting {weighting!r} has no plaintext reference")

@@ -167,6 +167,8 @@ def test_in_features_and_model_follow_the_schema() -> None:
     first = next(p for p in model.parameters() if p.ndim == 2)
     assert first.shape[1] == 6
     assert site_setup.chunk_layout(cfg).total == site_setup.initial_model(cfg).size
+    with pytest.raises(ValueError, match="plaintext reference runs only on the embedded ACTG"):
+        site_setup.simulation_config(cfg)
 
 
 def test_validation_set_for_a_custom_schema(
