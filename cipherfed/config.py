@@ -42,6 +42,17 @@ Example::
 
     [crypto]
     preset = "n8192"
+
+    # optional: the federation's own schema (absent: the embedded ACTG 175 schema)
+    [schema]
+    name = "my-trial"
+    target = "event"
+    task = "binary"
+    [[schema.features]]
+    name = "age"
+    type = "int"
+    min = 18
+    max = 90
 """
 
 from __future__ import annotations
@@ -53,7 +64,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:  # participant.schema loads pandas; imported at run time only when needed
+    from participant.schema import FederationSchema
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +96,9 @@ class FederationSection:
     # The key holder releases a chunk's sum only when at least this many sites sent that
     # chunk (a chunk from fewer sites would reveal one site's values). None: K.
     min_contributors_per_chunk: int | None = None
+    # Held-out rows (CSV/Parquet, the federation's schema) for evaluation; None: the
+    # embedded ACTG 175 validation split (only for a federation on the ACTG 175 schema).
+    validation_data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,8 @@ class FederationConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     crypto: CryptoConfig = field(default_factory=CryptoConfig)
+    # The federation's own [schema]; None: the embedded ACTG 175 schema.
+    schema: FederationSchema | None = None
 
     @property
     def site_ids(self) -> tuple[str, ...]:
@@ -291,7 +310,9 @@ def _parse_federation(root: _Table) -> FederationSection:
         max_update_bytes=t.integer("max_update_bytes", DEFAULT_MAX_UPDATE_BYTES, minimum=1024),
         weighting=cast(Weighting, t.choice("weighting", WEIGHTINGS, "iterations")),
         min_contributors_per_chunk=t.optional_integer("min_contributors_per_chunk", minimum=1),
+        validation_data=t.string("validation_data") if "validation_data" in t.data else None,
     )
+    t.used.add("validation_data")
     t.done()
     return out
 
@@ -401,6 +422,40 @@ def _parse_crypto(root: _Table) -> CryptoConfig:
     return out
 
 
+_SCHEMA_FIELDS = ("features", "target", "task", "name")
+
+
+def _parse_schema(root: _Table) -> FederationSchema | None:
+    raw = root._get("schema", None, False)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{root.source}: [schema] must be a table, got {type(raw).__name__}")
+    from participant.schema import FederationSchema, SchemaError
+
+    try:
+        return FederationSchema.from_dict(raw)
+    except SchemaError as exc:
+        msg = str(exc)
+        if msg.startswith("schema: "):
+            raise ConfigError(f"{root.source}: [schema] {msg.removeprefix('schema: ')}") from None
+        sep = "." if msg.startswith(_SCHEMA_FIELDS) else " "
+        raise ConfigError(f"{root.source}: [schema]{sep}{msg}") from None
+
+
+def is_actg175_schema(schema: FederationSchema | None) -> bool:
+    """Whether ``schema`` is absent or equal to ACTG 175's (its ``name`` aside)."""
+    if schema is None:
+        return True
+    from participant.data import ACTG175_SCHEMA
+
+    return (schema.features, schema.target, schema.task) == (
+        ACTG175_SCHEMA.features,
+        ACTG175_SCHEMA.target,
+        ACTG175_SCHEMA.task,
+    )
+
+
 def parse_config(data: Mapping[str, Any], source: str = "<federation>") -> FederationConfig:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming the bad field."""
     root = _Table(data, "", source)
@@ -412,6 +467,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<federation>") -> Feder
         training=_parse_training(root),
         privacy=_parse_privacy(root),
         crypto=_parse_crypto(root),
+        schema=_parse_schema(root),
     )
     unknown = sorted(set(data) - root.used)
     if unknown:
@@ -426,6 +482,13 @@ def parse_config(data: Mapping[str, Any], source: str = "<federation>") -> Feder
         raise ConfigError(
             f"{source}: [federation].min_contributors_per_chunk ({per_chunk}) exceeds "
             f"min_participants ({cfg.federation.min_participants})"
+        )
+    embedded = [s.id for s in cfg.sites if s.embedded_partition is not None]
+    if embedded and not is_actg175_schema(cfg.schema):
+        raise ConfigError(
+            f"{source}: [[sites]] {', '.join(embedded)} use embedded 'actg175:' data, but "
+            "[schema] is not the ACTG 175 schema; give these sites CSV/Parquet files in the "
+            "federation's schema (or drop [schema])"
         )
     _check_preset(cfg.crypto.preset, source)
     return cfg
@@ -523,4 +586,12 @@ def dumps_config(cfg: FederationConfig) -> str:
     if cfg.privacy.dp_sgd is not None:
         lines += _toml_table("[privacy.dp_sgd]", cfg.privacy.dp_sgd)
     lines += _toml_table("[crypto]", cfg.crypto)
+    if cfg.schema is not None:
+        schema = cfg.schema.to_dict()
+        features = schema.pop("features")
+        lines += ["[schema]", *(f"{k} = {_toml_value(v)}" for k, v in schema.items()), ""]
+        for feature in features:
+            lines += ["[[schema.features]]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in feature.items()]
+            lines += [""]
     return "\n".join(lines)

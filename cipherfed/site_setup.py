@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 import crypto
-from cipherfed.config import FederationConfig, resolve_preset
+from cipherfed.config import FederationConfig, is_actg175_schema, resolve_preset
 from participant.model import build_mlp, flatten_params, param_shapes
 
 if TYPE_CHECKING:  # the data and training stack is imported where needed (start-up cost)
     from cipherfed.simulation import SimulationConfig
     from participant.partition import Partition
-    from participant.schema import SiteDataset
+    from participant.schema import FederationSchema, SiteDataset
     from participant.training import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ def simulation_config(cfg: FederationConfig, rounds: int | None = None) -> Simul
     """The plaintext simulation that a federation file describes (for the reference run)."""
     from cipherfed.simulation import SimulationConfig
 
+    if not is_actg175_schema(cfg.schema):  # the reference run trains on ACTG 175 partitions
+        raise ValueError(
+            f"federation {cfg.federation.id!r} declares its own [schema]; "
+            "the plaintext reference runs only on the embedded ACTG 175 data"
+        )
     weighting = cfg.federation.weighting
     if weighting not in ("iterations", "uniform"):
         raise ValueError(f"[federation].weighting {weighting!r} has no plaintext reference")
@@ -106,16 +111,29 @@ class SiteData:
     index: int  # position of the site in the federation (seeds its trainer)
 
 
+class EvaluationUnavailable(ValueError):
+    """The federation has no validation set (custom schema without ``validation_data``)."""
+
+
+def federation_schema(cfg: FederationConfig) -> FederationSchema:
+    """The federation file's ``[schema]``, or the embedded ACTG 175 schema when absent."""
+    if cfg.schema is not None:
+        return cfg.schema
+    from participant.data import ACTG175_SCHEMA
+
+    return ACTG175_SCHEMA
+
+
 def site_data(cfg: FederationConfig, site_id: str) -> SiteData:
-    """The site's training rows: an embedded ACTG 175 partition or its own CSV/Parquet file."""
+    """The site's training rows: an embedded ACTG 175 partition or its own CSV/Parquet file
+    (read against the federation's schema)."""
     site = cfg.site(site_id)
     index = cfg.site_ids.index(site_id)
     part_index = site.embedded_partition
     if part_index is None:
-        from participant.data import ACTG175_SCHEMA
         from participant.schema import load_site_table
 
-        return SiteData(load_site_table(site.data, ACTG175_SCHEMA), index)
+        return SiteData(load_site_table(site.data, federation_schema(cfg)), index)
     part = embedded_partition(cfg)
     if not 0 <= part_index < part.n_sites:
         raise ValueError(
@@ -126,17 +144,29 @@ def site_data(cfg: FederationConfig, site_id: str) -> SiteData:
 
 
 def validation_set(cfg: FederationConfig) -> SiteDataset:
+    """Held-out rows for evaluation: ``[federation].validation_data`` read against the
+    federation's schema when set, else the embedded ACTG 175 validation split (only for a
+    federation on the ACTG 175 schema; otherwise :class:`EvaluationUnavailable`)."""
+    path = cfg.federation.validation_data
+    if path is not None:
+        from participant.schema import load_site_table
+
+        return load_site_table(path, federation_schema(cfg))
+    if not is_actg175_schema(cfg.schema):
+        raise EvaluationUnavailable(
+            f"federation {cfg.federation.id!r} declares its own [schema] but no "
+            "[federation].validation_data file, so there is no validation set to evaluate on"
+        )
     return _actg175().subset(embedded_partition(cfg).validation)
 
 
-def in_features() -> int:
-    from participant.data import ACTG175_SCHEMA
-
-    return ACTG175_SCHEMA.n_features
+def in_features(cfg: FederationConfig) -> int:
+    """The model's input width: the encoded width of the federation's schema."""
+    return federation_schema(cfg).n_features
 
 
 def model_factory(cfg: FederationConfig) -> Callable[[], nn.Module]:
-    n_in, hidden, dropout = in_features(), tuple(cfg.model.hidden), cfg.model.dropout
+    n_in, hidden, dropout = in_features(cfg), tuple(cfg.model.hidden), cfg.model.dropout
     return lambda: build_mlp(n_in, hidden, dropout)
 
 
