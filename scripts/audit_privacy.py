@@ -63,11 +63,24 @@ class RunError(Exception):
 
 
 def find_root(run: Path) -> Path:
-    """The federation root (holding federation.toml) of a run or demo output folder."""
+    """The federation root of a run or demo output folder: the folder holding
+    ``federation.toml``, or ``kits/`` and ``state/`` (the file is read from the
+    coordinator's kit)."""
     for cand in (run, run / "federation"):
-        if (cand / "federation.toml").is_file():
+        if (cand / "federation.toml").is_file() or (
+            (cand / "kits" / "coordinator" / "federation.toml").is_file()
+            and (cand / "state").is_dir()
+        ):
             return cand
-    raise RunError(f"{run}: no federation.toml here or in {run / 'federation'}")
+    raise RunError(
+        f"{run}: no federation.toml (nor kits/coordinator/federation.toml with state/) "
+        f"here or in {run / 'federation'}"
+    )
+
+
+def federation_file(root: Path) -> Path:
+    own = root / "federation.toml"
+    return own if own.is_file() else root / "kits" / "coordinator" / "federation.toml"
 
 
 def _ledger_meta(path: Path) -> tuple[str, float, float]:
@@ -339,7 +352,7 @@ def audit_run(
     """Audit the run at ``run``; write the JSON and HTML reports into ``out``."""
     root = find_root(run)
     try:
-        cfg = load_config(root / "federation.toml")
+        cfg = load_config(federation_file(root))
     except ConfigError as exc:
         raise RunError(str(exc)) from exc
     sites = [audit_site(root, cfg, s) for s in cfg.site_ids]
