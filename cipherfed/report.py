@@ -72,6 +72,8 @@ def _bytes_plot(results: dict[str, Any], path: Path) -> None:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if abs(v) >= 1e4:
+            return f"{v:,.0f}"
         return f"{v:.4g}" if v != 0 and not 1e-3 <= abs(v) < 1e4 else f"{v:.4f}"
     if isinstance(v, dict):
         return html.escape(", ".join(f"{k}={_fmt(x)}" for k, x in v.items()))
@@ -82,7 +84,7 @@ def _privacy_cell(results: dict[str, Any]) -> str:
     p = results.get("privacy") or {"mechanism": "none", "dp_sgd": False}
     name = p["mechanism"] + (" + DP-SGD" if p.get("dp_sgd") else "")
     eps = p.get("epsilon_max")
-    return name if eps is None else f"{name}, max ε per site {eps:.4g}"
+    return name if eps is None else f"{name}, max ε per site {eps:,.6g}"
 
 
 def _privacy_html(results: dict[str, Any]) -> str:

@@ -73,11 +73,11 @@ def privacy_summary(p: dict[str, Any]) -> str:
     if p["mechanism"] != "none":
         parts.append(f"share {s['sharing_fraction']:g}, gamma {s['gamma']:g}")
     if p["mechanism"] == "svt":
-        parts.append(f"ε/round {s['epsilon_per_round']:.4g}")
+        parts.append(f"ε/round {s['epsilon_per_round']:,.6g}")
     if s["dp_sgd"] is not None:
         parts.append(f"DP-SGD target ε {s['dp_sgd']['target_epsilon']:g}")
     eps = p["epsilon_max"]
-    spent = "none recorded" if eps is None else f"{eps:.4g}"
+    spent = "none recorded" if eps is None else f"{eps:,.6g}"
     refused = "some site refused a round (budget)" if p["any_refused_for_budget"] else "no refusals"
     parts.append(f"max ε spent per site {spent} at δ={p['delta']:g}; {refused}")
     return ", ".join(parts[:-1]) + "; " + parts[-1]
