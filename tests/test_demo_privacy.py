@@ -20,6 +20,7 @@ from participant.privacy.ledger import PrivacyLedger
 from participant.privacy.svt import svt_budget
 
 
+@pytest.mark.slow
 def test_demo_with_svt_records_each_sites_ledger(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
