@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here (CPU build, fast to install); pyproject.toml admits any torch 2.x.
 TORCH_PIN ?= torch==2.13.0
 ROUNDS ?= 20
+PRIVACY ?= none
 
 .PHONY: demo test lint typecheck check venv clean protos bench
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cipherfed.cli demo --rounds $(ROUNDS) --out runs/demo
+	$(PY) -m cipherfed.cli demo --rounds $(ROUNDS) --out runs/demo --privacy $(PRIVACY)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -72,8 +72,52 @@ def _bytes_plot(results: dict[str, Any], path: Path) -> None:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4f}"
+        if abs(v) >= 1e4:
+            return f"{v:,.0f}"
+        return f"{v:.4g}" if v != 0 and not 1e-3 <= abs(v) < 1e4 else f"{v:.4f}"
+    if isinstance(v, dict):
+        return html.escape(", ".join(f"{k}={_fmt(x)}" for k, x in v.items()))
     return html.escape(str(v))
+
+
+def _privacy_cell(results: dict[str, Any]) -> str:
+    p = results.get("privacy") or {"mechanism": "none", "dp_sgd": False}
+    name = p["mechanism"] + (" + DP-SGD" if p.get("dp_sgd") else "")
+    eps = p.get("epsilon_max")
+    return name if eps is None else f"{name}, max ε per site {eps:,.6g}"
+
+
+def _privacy_html(results: dict[str, Any]) -> str:
+    """The privacy section: mechanism, settings and each site's ε from its own ledger."""
+    p = results.get("privacy") or {"mechanism": "none", "dp_sgd": False}
+    if p["mechanism"] == "none" and not p.get("dp_sgd"):
+        return (
+            "<h2>Privacy</h2><p>No privacy step: every site shares its whole (encrypted) "
+            "update, so the encrypted run matches the plaintext reference.</p>"
+        )
+    settings = "\n".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in p["settings"].items()
+    )
+    sites = "\n".join(
+        f"<tr><td>{html.escape(site)}</td><td>{_fmt(e['epsilon'])}</td>"
+        f"<td>{_fmt(e['rounds_recorded'])}</td>"
+        f"<td>{html.escape(', '.join(map(str, e['rounds_refused'])) or '-')}</td></tr>"
+        for site, e in p["epsilon_per_site"].items()
+    )
+    eps = p["epsilon_max"]
+    refused = "yes" if p["any_refused_for_budget"] else "no"
+    dp_sgd = " with patient-level DP-SGD" if p["dp_sgd"] else ""
+    return f"""<h2>Privacy</h2>
+<p>Mechanism <b>{html.escape(p["mechanism"])}</b>{dp_sgd}.
+Largest ε spent by a site: <b>{_fmt(eps)}</b> at δ = {_fmt(p["delta"])};
+any round refused for budget: {refused}.</p>
+<p>{html.escape(p["guarantee"])}.</p>
+<p>{html.escape(p["reference_note"])}.</p>
+<table><tr><th>setting</th><th>value</th></tr>{settings}</table>
+<h3>ε per site (read from each site's privacy ledger)</h3>
+<table><tr><th>site</th><th>ε</th><th>rounds recorded</th><th>rounds refused</th></tr>
+{sites}</table>
+"""
 
 
 def write_report(results: dict[str, Any], out: Path) -> Path:
@@ -90,6 +134,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         ("max |W_enc - W_plain|", results["encrypted"]["max_abs_diff_vs_plaintext"]),
         ("participants", results["participants"]),
         ("rounds", results["rounds"]),
+        ("privacy", _privacy_cell(results)),
         ("wall seconds", results["wall_seconds"]),
         *[(f"mean {k}", v) for k, v in split.items()],
         ("upload bytes / participant / round", wire["upload_per_participant"]),
@@ -103,6 +148,7 @@ td{{padding:2px 12px;border-bottom:1px solid #ddd}}</style></head>
 <body><h1>CipherFed demo: encrypted federation on ACTG 175</h1>
 <p>{html.escape(results.get("note", ""))}</p>
 <table>{table}</table>
+{_privacy_html(results)}
 <h2>Validation AUC</h2><img src="auc.png" alt="AUC per round">
 <h2>Time split</h2><img src="time_split.png" alt="time split per round">
 <h2>Wire bytes</h2><img src="wire_bytes.png" alt="wire bytes">

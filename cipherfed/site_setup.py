@@ -23,8 +23,9 @@ from cipherfed.config import FederationConfig, is_actg175_schema, resolve_preset
 from participant.model import build_mlp, flatten_params, param_shapes
 
 if TYPE_CHECKING:  # the data and training stack is imported where needed (start-up cost)
-    from cipherfed.simulation import SimulationConfig
+    from cipherfed.simulation import PrivacyStep, SimulationConfig
     from participant.partition import Partition
+    from participant.privacy.step import SharingConfig
     from participant.schema import FederationSchema, SiteDataset
     from participant.training import TrainConfig
 
@@ -79,6 +80,48 @@ def simulation_config(cfg: FederationConfig, rounds: int | None = None) -> Simul
         train=train_config(cfg),
         weighting=weighting,  # type: ignore[arg-type]
     )
+
+
+def sharing_config(cfg: FederationConfig) -> SharingConfig | None:
+    """What each site shares per round under ``[privacy]`` (``None``: the whole update).
+
+    Used by the participant daemon and by the plaintext reference, so both apply the same
+    mechanism with the same settings. DP-SGD (``[privacy.dp_sgd]``) is part of training
+    (:func:`train_config`), not of this step.
+    """
+    from participant.privacy.config import PartialShareConfig, SVTConfig
+
+    p = cfg.privacy
+    if p.mechanism == "svt":
+        return SVTConfig(
+            fraction=p.sharing_fraction, gamma=p.gamma, tau=p.threshold, epsilon=p.epsilon
+        )
+    if p.mechanism == "partial":
+        return PartialShareConfig(fraction=p.sharing_fraction, gamma=p.gamma)
+    return None
+
+
+def simulation_privacy_step(cfg: FederationConfig) -> PrivacyStep | None:
+    """The sites' sharing step for :func:`cipherfed.simulation.run_simulation`.
+
+    Same mechanism and settings as the daemons (:func:`sharing_config`), without a ledger
+    (the reference spends nothing real) and with the simulation's own noise generators,
+    so the reference's noise is independent of the federation's.
+    """
+    from participant.privacy.config import SVTConfig
+    from participant.privacy.partial import partial_share
+    from participant.privacy.svt import svt_select
+
+    sharing = sharing_config(cfg)
+    if sharing is None:
+        return None
+
+    def step(site: int, delta: np.ndarray, n_iters: int, rng: np.random.Generator) -> np.ndarray:
+        if isinstance(sharing, SVTConfig):
+            return svt_select(delta, n_iters, sharing, rng).sparse
+        return partial_share(delta, n_iters, sharing).sparse
+
+    return step
 
 
 @functools.cache

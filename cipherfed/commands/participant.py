@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The site's privacy ledger, in its state folder (read by ``cipherfed demo``'s report).
+LEDGER_FILE = "privacy_ledger.sqlite"
+
 HELP = "run a site's participant daemon (trains locally, sends encrypted updates)"
 
 
@@ -36,8 +39,8 @@ def privacy_step(
 ) -> PrivacyStep:
     import numpy as np
 
+    from cipherfed import site_setup
     from participant.daemon import NoPrivacy
-    from participant.privacy.config import PartialShareConfig, SVTConfig
     from participant.privacy.ledger import PrivacyLedger
     from participant.site_privacy import LedgerPrivacy
 
@@ -45,17 +48,9 @@ def privacy_step(
     if p.mechanism == "none" and p.dp_sgd is None:
         return NoPrivacy()
     budget = p.budget_epsilon if math.isfinite(p.budget_epsilon) else 1e300
-    ledger = PrivacyLedger(state / "privacy_ledger.sqlite", p.delta, budget, site_id)
+    ledger = PrivacyLedger(state / LEDGER_FILE, p.delta, budget, site_id)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EC]))
-    if p.mechanism == "svt":
-        svt = SVTConfig(
-            fraction=p.sharing_fraction, gamma=p.gamma, tau=p.threshold, epsilon=p.epsilon
-        )
-        return LedgerPrivacy(ledger, layout, rng, svt)
-    if p.mechanism == "partial":
-        part = PartialShareConfig(fraction=p.sharing_fraction, gamma=p.gamma)
-        return LedgerPrivacy(ledger, layout, rng, part)
-    return LedgerPrivacy(ledger, layout, rng)
+    return LedgerPrivacy(ledger, layout, rng, site_setup.sharing_config(cfg))
 
 
 def weight_fn(cfg: FederationConfig, n_samples: int) -> WeightFn:
