@@ -10,8 +10,10 @@ What it does:
   turns such an array back into a SEAL ciphertext for decryption.
 
 sealapi's save/load take file paths only, so blobs pass through a private temporary file in
-``/dev/shm`` (RAM) when it exists. SEAL compresses with zstd on save; the raw coefficients
-are recovered with the zstd decoder linked into the sealapi extension (via ctypes).
+``/dev/shm`` (RAM) when it exists, else in the system temporary folder; a file that held a
+secret key is overwritten with zeros before it is removed. SEAL compresses with zstd on save;
+the raw coefficients are recovered with the zstd decoder linked into the sealapi extension
+(via ctypes).
 """
 
 from __future__ import annotations
@@ -69,26 +71,36 @@ def _tmp_dir() -> str:
     )
 
 
+def _overwrite(path: str) -> None:
+    """Overwrite a file with zeros in place (best effort: a secret key passed through it)."""
+    with contextlib.suppress(OSError), open(path, "r+b") as f:
+        f.write(bytes(os.fstat(f.fileno()).st_size))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
-def _tmp_path() -> Iterator[str]:
+def _tmp_path(*, wipe: bool = False) -> Iterator[str]:
     fd, path = tempfile.mkstemp(prefix="cipherfed-", dir=_tmp_dir())
     os.close(fd)
     try:
         yield path
     finally:
+        if wipe:
+            _overwrite(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
 
-def _save(obj: Any) -> bytes:
-    with _tmp_path() as path:
+def _save(obj: Any, *, wipe: bool = False) -> bytes:
+    with _tmp_path(wipe=wipe) as path:
         obj.save(path)
         with open(path, "rb") as f:
             return f.read()
 
 
-def _load(obj: Any, context: Any, blob: bytes) -> None:
-    with _tmp_path() as path:
+def _load(obj: Any, context: Any, blob: bytes, *, wipe: bool = False) -> None:
+    with _tmp_path(wipe=wipe) as path:
         with open(path, "wb") as f:
             f.write(blob)
         try:
@@ -313,7 +325,7 @@ def generate_keys(ctx: SealContext) -> tuple[bytes, bytes]:
     keygen = sealapi.KeyGenerator(ctx.context)
     pk = sealapi.PublicKey()
     keygen.create_public_key(pk)
-    return _save(keygen.secret_key()), _save(pk)
+    return _save(keygen.secret_key(), wipe=True), _save(pk)
 
 
 class SealEncryptor:
@@ -341,17 +353,10 @@ class SealDecryptor:
     def __init__(self, ctx: SealContext, secret_key_blob: bytes) -> None:
         self.ctx = ctx
         sk = sealapi.SecretKey()
-        _load(sk, ctx.context, secret_key_blob)
+        _load(sk, ctx.context, secret_key_blob, wipe=True)
         self._secret_key = sk
         self._decryptor = sealapi.Decryptor(ctx.context, sk)
         self._lock = threading.Lock()
-
-    def public_key_blob(self) -> bytes:
-        """A fresh public key for this secret key."""
-        keygen = sealapi.KeyGenerator(self.ctx.context, self._secret_key)
-        pk = sealapi.PublicKey()
-        keygen.create_public_key(pk)
-        return _save(pk)
 
     def decrypt(self, coeffs: U64) -> F64:
         """Exact CKKS decryption (N reals, with CKKS's own small error)."""
@@ -371,7 +376,7 @@ class SealDecryptor:
 def load_check(ctx: SealContext, kind: str, blob: bytes) -> None:
     """Raise :class:`SealError` unless ``blob`` is a valid SEAL ``kind`` for ``ctx``."""
     obj = {"public_key": sealapi.PublicKey, "secret_key": sealapi.SecretKey}[kind]()
-    _load(obj, ctx.context, blob)
+    _load(obj, ctx.context, blob, wipe=kind == "secret_key")
 
 
 def secret_key_polynomial_bytes(secret_key_blob: bytes, n: int) -> bytes:

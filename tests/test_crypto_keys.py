@@ -153,3 +153,22 @@ def test_secret_context_is_not_reexported_and_coordinator_cannot_name_it() -> No
 
 def test_repr_does_not_leak(secret: SecretContext) -> None:
     assert repr(secret) == "SecretContext(params='n4096')"
+
+
+def test_secret_key_temporary_files_are_zeroed_before_removal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    removed: list[bytes] = []
+    real_unlink = _seal.os.unlink
+
+    def unlink(path: str) -> None:
+        removed.append(Path(path).read_bytes())
+        real_unlink(path)
+
+    monkeypatch.setattr(_seal.os, "unlink", unlink)
+    secret = SecretContext.generate(PARAMS)
+    sk_len = len(secret._secret_key_blob)
+    # generate: saved secret key, saved public key; decryptor: loaded secret key
+    wiped = [b for b in removed if len(b) == sk_len]
+    assert len(wiped) >= 2 and all(b == bytes(sk_len) for b in wiped)
+    assert any(b and b != bytes(len(b)) for b in removed)  # the public key is not wiped
