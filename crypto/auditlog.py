@@ -172,16 +172,17 @@ def verify_log(path: str | os.PathLike[str], verify_key: VerifierLike) -> int:
     count = 0
     for lineno, raw in _iter_lines(p):
         entry = _parse_line(p, lineno, raw)
-        if raw + b"\n" != entry.to_json_line():
+        try:
+            canonical = entry.to_json_line()
+        except ValueError as exc:  # NaN or inf in the payload
+            raise AuditLogError(p, lineno, f"payload is not canonical JSON ({exc})") from exc
+        if raw + b"\n" != canonical:
             raise AuditLogError(p, lineno, "line is not in canonical form (edited?)")
         if entry.seq != lineno:
             raise AuditLogError(p, lineno, f"seq {entry.seq} != expected {lineno} (line lost?)")
         if entry.prev_hash != prev:
             raise AuditLogError(p, lineno, "prev_hash does not match the previous entry's hash")
-        try:
-            expected = entry_hash(entry.seq, entry.time, entry.kind, entry.payload, prev)
-        except ValueError as exc:
-            raise AuditLogError(p, lineno, f"payload is not canonical JSON ({exc})") from exc
+        expected = entry_hash(entry.seq, entry.time, entry.kind, entry.payload, prev)
         if entry.hash != expected:
             raise AuditLogError(p, lineno, "hash does not match the entry's content (edited?)")
         try:

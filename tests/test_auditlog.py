@@ -128,6 +128,10 @@ def test_deleted_reordered_and_torn_lines(tmp_path: Path) -> None:
     with pytest.raises(AuditLogError, match="line 3: not a JSON object"):
         verify_log(path, public)
 
+    path.write_bytes(b"".join(lines[:1]) + lines[1].replace(b'"i":1', b'"i":NaN'))
+    with pytest.raises(AuditLogError, match="line 2: payload is not canonical JSON"):
+        verify_log(path, public)
+
 
 def test_wrong_key_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
