@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -310,6 +311,9 @@ def test_policy_withholds_chunks_with_fewer_than_k_contributors(world: World) ->
 def _engine(world: World, state: Path) -> tuple[KeyHolder, DecryptionStore, HashChainLog]:
     store = DecryptionStore(state / "kh.sqlite", "kh-test", PARAMS.fingerprint)
     audit = HashChainLog(state / "audit.jsonl", _key(world.kits.keyholder_kit))
+    # A new seed per release (as production draws one from the OS), so a second decryption
+    # would release other values than the first.
+    seeds = itertools.count(7)
     engine = KeyHolder(
         world.secret,
         world.policy(),
@@ -317,7 +321,7 @@ def _engine(world: World, state: Path) -> tuple[KeyHolder, DecryptionStore, Hash
         store,
         audit,
         _key(world.kits.keyholder_kit),
-        rng_factory=lambda: np.random.default_rng(7),
+        rng_factory=lambda: np.random.default_rng(next(seeds)),
     )
     return engine, store, audit
 
