@@ -62,6 +62,16 @@ class PolicyConfig:
     weighting: Weighting = "iterations"
     min_contributors_per_chunk: int | None = None  # None: K
 
+    def __post_init__(self) -> None:
+        # K < 1 would let a request through on fewer signatures than the federation asked for.
+        if self.min_participants < 1 or self.chunk_threshold < 1:
+            raise ValueError(
+                "min_participants and min_contributors_per_chunk must be >= 1, got "
+                f"{self.min_participants} and {self.min_contributors_per_chunk}"
+            )
+        if self.weighting not in ("iterations", "samples", "uniform"):
+            raise ValueError(f"unknown weighting {self.weighting!r}")
+
     @property
     def chunk_threshold(self) -> int:
         k = self.min_contributors_per_chunk

@@ -305,6 +305,14 @@ def test_policy_withholds_chunks_with_fewer_than_k_contributors(world: World) ->
     assert "nothing released" in r.reason
 
 
+def test_policy_config_refuses_a_threshold_below_one(world: World) -> None:
+    for bad in ({"min_participants": 0}, {"min_contributors_per_chunk": 0}):
+        with pytest.raises(ValueError, match=">= 1"):
+            world.policy(**bad)
+    with pytest.raises(ValueError, match="weighting"):
+        world.policy(weighting="by-vibes")
+
+
 # ---------------------------------------------------------------------------- engine
 
 
