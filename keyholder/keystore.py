@@ -74,6 +74,9 @@ def load_or_create_secret(
                 f"{path}: stored key uses CKKS parameters {secret.params.name!r}, the "
                 f"federation file asks for {params.name!r}"
             )
+        public_path = state / PUBLIC_CONTEXT_FILE
+        if not public_path.exists():  # a first start that stopped between the two writes
+            atomic_write(public_path, secret.public().to_bytes(), 0o644)
         logger.info("loaded the encrypted CKKS secret key (%s) from %s", params.name, path)
         return secret, False
     secret = SecretContext.generate(params)

@@ -432,8 +432,10 @@ def test_secret_key_at_rest_is_encrypted(tmp_path: Path) -> None:
     public_blob = (tmp_path / "public_context.bin").read_bytes()
     assert raw_secret[:64] not in public_blob
     assert not PublicContext.from_bytes(public_blob).is_private()
+    (tmp_path / "public_context.bin").unlink()  # first start stopped between its two writes
     again, created = load_or_create_secret(tmp_path, PARAMS, b"p" * 32, scrypt_log2_n=10)
     assert not created and again.public().to_bytes() == secret.public().to_bytes()
+    assert (tmp_path / "public_context.bin").read_bytes() == public_blob
     with pytest.raises(KeyStoreError, match="cannot unlock"):
         load_or_create_secret(tmp_path, PARAMS, b"wrong passphrase", scrypt_log2_n=10)
     with pytest.raises(KeyStoreError, match="parameters"):
