@@ -112,7 +112,7 @@ class CkksParams:
                 value_bound=float(d["value_bound"]),
             )
             version = int(d["format_version"])
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(1e400): overflow
             raise ValueError(f"bad CKKS parameter description: {exc}") from exc
         if version != FORMAT_VERSION:
             raise ValueError(f"parameter format version {version}, expected {FORMAT_VERSION}")

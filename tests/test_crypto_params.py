@@ -82,3 +82,6 @@ def test_from_canonical_json_rejects_garbage_and_other_versions() -> None:
     d["format_version"] = 99
     with pytest.raises(ValueError, match="version"):
         CkksParams.from_canonical_json(json.dumps(d))
+    text = PRESETS[DEFAULT_PRESET].canonical_json().replace('"scale_bits":46', '"scale_bits":1e400')
+    with pytest.raises(ValueError, match="parameter"):
+        CkksParams.from_canonical_json(text)
