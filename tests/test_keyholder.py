@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -562,3 +564,20 @@ def test_service_restart_keeps_key_and_rounds(world: World, tmp_path: Path) -> N
     assert kinds[0] == "keys.generated" and kinds.count("keys.generated") == 1
     assert kinds.count("decrypt.granted") == 2 and "decrypt.refused" in kinds
     assert kinds[-1] == "keyholder.stopped"
+
+
+def test_production_key_holder_floods_with_a_fresh_os_seeded_generator() -> None:
+    """The command builds its KeyHolder without ``rng_factory``, whose default draws a new
+    OS-seeded generator for every release (a fixed or reused seed would let the coordinator
+    predict the flooding noise)."""
+    default = inspect.signature(KeyHolder).parameters["rng_factory"].default
+    assert default is np.random.default_rng
+    source = Path(keyholder_cmd.__file__).read_text()
+    calls = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "KeyHolder"
+    ]
+    assert len(calls) == 1
+    assert all(kw.arg != "rng_factory" for kw in calls[0].keywords)
+    assert len(calls[0].args) == 6  # secret, policy, trust, store, audit, signing key
