@@ -9,12 +9,11 @@ import threading
 
 from crypto import _seal
 from crypto.errors import InvalidUpdate
-from crypto.params import FORMAT_VERSION, CkksParams
+from crypto.params import CkksParams, pack_params_header, unpack_params_header
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"CFpc"
-_HEADER = struct.Struct("<4sB32sI")  # magic, version, params fingerprint, params-JSON length
 _LEN = struct.Struct("<I")
 
 
@@ -70,10 +69,8 @@ class PublicContext:
             return self._encryptor
 
     def to_bytes(self) -> bytes:
-        pj = self._params.canonical_json().encode()
         return (
-            _HEADER.pack(MAGIC, FORMAT_VERSION, self._params.fingerprint_bytes, len(pj))
-            + pj
+            pack_params_header(MAGIC, self._params)
             + _LEN.pack(len(self._public_key_blob))
             + self._public_key_blob
         )
@@ -84,25 +81,7 @@ class PublicContext:
         if not isinstance(blob, bytes | bytearray | memoryview):
             raise InvalidUpdate(f"public context must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
-        if len(blob) < _HEADER.size:
-            raise InvalidUpdate("public context truncated (shorter than its header)")
-        magic, version, fp, plen = _HEADER.unpack_from(blob)
-        if magic != MAGIC:
-            raise InvalidUpdate("not a CipherFed public context (bad magic)")
-        if version != FORMAT_VERSION:
-            raise InvalidUpdate(
-                f"public context format version {version}, expected {FORMAT_VERSION}"
-            )
-        off = _HEADER.size
-        if len(blob) < off + plen + _LEN.size:
-            raise InvalidUpdate("public context truncated (parameters)")
-        try:
-            params = CkksParams.from_canonical_json(blob[off : off + plen].decode())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidUpdate(f"public context: {exc}") from exc
-        if params.fingerprint_bytes != fp:
-            raise InvalidUpdate("public context: parameter fingerprint does not match")
-        off += plen
+        params, off = unpack_params_header(blob, MAGIC, "public context", min_rest=_LEN.size)
         (klen,) = _LEN.unpack_from(blob, off)
         off += _LEN.size
         if len(blob) != off + klen:

@@ -16,7 +16,10 @@ import functools
 import hashlib
 import json
 import math
+import struct
 from dataclasses import dataclass
+
+from crypto.errors import InvalidUpdate
 
 FORMAT_VERSION = 1
 """Version of every blob format in this package (ciphertexts, contexts, aggregates, keys)."""
@@ -126,6 +129,40 @@ class CkksParams:
     @functools.cached_property
     def fingerprint_bytes(self) -> bytes:
         return bytes.fromhex(self.fingerprint)
+
+
+_PARAMS_HEADER = struct.Struct("<4sB32sI")  # magic, version, params fingerprint, JSON length
+
+
+def pack_params_header(magic: bytes, params: CkksParams) -> bytes:
+    """``magic | version | fingerprint | len | params JSON``: the head of a keyed blob."""
+    pj = params.canonical_json().encode()
+    return _PARAMS_HEADER.pack(magic, FORMAT_VERSION, params.fingerprint_bytes, len(pj)) + pj
+
+
+def unpack_params_header(
+    blob: bytes, magic: bytes, what: str, *, min_rest: int = 0
+) -> tuple[CkksParams, int]:
+    """Parse :func:`pack_params_header` from untrusted ``blob``: the parameters and the offset
+    after them. :class:`InvalidUpdate` (naming ``what``) unless magic, version, length
+    (with at least ``min_rest`` bytes after the header) and fingerprint check out."""
+    if len(blob) < _PARAMS_HEADER.size:
+        raise InvalidUpdate(f"{what} truncated (shorter than its header)")
+    got_magic, version, fp, plen = _PARAMS_HEADER.unpack_from(blob)
+    if got_magic != magic:
+        raise InvalidUpdate(f"not a CipherFed {what} (bad magic)")
+    if version != FORMAT_VERSION:
+        raise InvalidUpdate(f"{what} format version {version}, expected {FORMAT_VERSION}")
+    off = _PARAMS_HEADER.size
+    if len(blob) < off + plen + min_rest:
+        raise InvalidUpdate(f"{what} truncated (parameters)")
+    try:
+        params = CkksParams.from_canonical_json(blob[off : off + plen].decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidUpdate(f"{what}: {exc}") from exc
+    if params.fingerprint_bytes != fp:
+        raise InvalidUpdate(f"{what}: parameter fingerprint does not match")
+    return params, off + plen
 
 
 PRESETS: dict[str, CkksParams] = {

@@ -22,12 +22,11 @@ from crypto.aggregate import EncryptedAggregate
 from crypto.ciphertext import ChunkKind, decode_chunk
 from crypto.context import PublicContext
 from crypto.errors import InvalidUpdate
-from crypto.params import FORMAT_VERSION, CkksParams
+from crypto.params import CkksParams, pack_params_header, unpack_params_header
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"CFsk"
-_HEADER = struct.Struct("<4sB32sI")  # magic, version, params fp, params-JSON length
 _KDF = struct.Struct("<BBBB16s12s")  # kdf id (1 = scrypt), log2 n, r, p, salt, nonce
 _KDF_SCRYPT = 1
 _LEN = struct.Struct("<I")
@@ -102,11 +101,8 @@ class SecretContext:
             raise ValueError(f"scrypt_log2_n must be in [10, {_MAX_SCRYPT_LOG2_N}]")
         r, p = 8, 1
         salt, nonce = os.urandom(16), os.urandom(12)
-        pj = self._params.canonical_json().encode()
-        header = (
-            _HEADER.pack(MAGIC, FORMAT_VERSION, self._params.fingerprint_bytes, len(pj))
-            + pj
-            + _KDF.pack(_KDF_SCRYPT, scrypt_log2_n, r, p, salt, nonce)
+        header = pack_params_header(MAGIC, self._params) + _KDF.pack(
+            _KDF_SCRYPT, scrypt_log2_n, r, p, salt, nonce
         )
         pk = self._public._public_key_blob
         plain = _LEN.pack(len(self._secret_key_blob)) + self._secret_key_blob + pk
@@ -128,23 +124,7 @@ class SecretContext:
         if not isinstance(blob, bytes | bytearray | memoryview):
             raise InvalidUpdate(f"secret-key blob must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
-        if len(blob) < _HEADER.size:
-            raise InvalidUpdate("secret-key blob truncated (header)")
-        magic, version, fp, plen = _HEADER.unpack_from(blob)
-        if magic != MAGIC:
-            raise InvalidUpdate("not a CipherFed secret-key blob (bad magic)")
-        if version != FORMAT_VERSION:
-            raise InvalidUpdate(f"secret-key format version {version}, expected {FORMAT_VERSION}")
-        off = _HEADER.size
-        if len(blob) < off + plen + _KDF.size + 16:
-            raise InvalidUpdate("secret-key blob truncated")
-        try:
-            params = CkksParams.from_canonical_json(blob[off : off + plen].decode())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidUpdate(f"secret-key blob: {exc}") from exc
-        if params.fingerprint_bytes != fp:
-            raise InvalidUpdate("secret-key blob: parameter fingerprint does not match")
-        off += plen
+        params, off = unpack_params_header(blob, MAGIC, "secret-key blob", min_rest=_KDF.size + 16)
         kdf, log2_n, r, p, salt, nonce = _KDF.unpack_from(blob, off)
         off += _KDF.size
         if (
