@@ -144,6 +144,10 @@ def total_size(chunks: Mapping[int, bytes]) -> int:
     return sum(len(b) for b in chunks.values())
 
 
+#: most ciphertext chunks one stream may carry (2**16 chunks of 4096 values: 268M parameters)
+MAX_CHUNKS = 1 << 16
+
+
 class ChunkReassembler:
     """Receiver of :class:`CiphertextPiece` messages for a declared total size.
 
@@ -152,20 +156,31 @@ class ChunkReassembler:
     another chunk, more bytes than declared, or fewer at the end.
     """
 
-    def __init__(self, declared_total: int, max_total: int, what: str = "update") -> None:
+    def __init__(
+        self,
+        declared_total: int,
+        max_total: int,
+        what: str = "update",
+        max_chunks: int = MAX_CHUNKS,
+    ) -> None:
         if declared_total > max_total:
             raise StreamTooLarge(
                 f"{what} of {declared_total} bytes exceeds the limit of {max_total} bytes"
             )
         self.declared_total = declared_total
         self.what = what
+        self.max_chunks = max_chunks
         self._chunks: dict[int, bytearray] = {}
         self._current: int | None = None
         self._received = 0
 
     def add(self, piece: pb.CiphertextPiece) -> None:
         cid = piece.chunk_id
+        if not piece.data and cid == self._current:  # only an empty chunk is one empty piece
+            raise MalformedStream(f"{self.what}: empty piece within chunk {cid}")
         if cid != self._current:
+            if len(self._chunks) >= self.max_chunks:
+                raise StreamTooLarge(f"{self.what}: more than {self.max_chunks} chunks")
             if cid in self._chunks:
                 raise MalformedStream(f"{self.what}: chunk {cid} resumed after another chunk")
             if self._current is not None and cid < self._current:

@@ -246,3 +246,18 @@ def test_blob_assembly_refusals() -> None:
         assemble_blob([pieces[0], tampered, pieces[2]], 10_000)
     with pytest.raises(ValueError):
         list(iter_blob_chunks(data, piece_size=2 * 1024 * 1024))
+
+
+def test_reassembler_refuses_empty_pieces_and_too_many_chunks() -> None:
+    from proto import cipherfed_pb2 as pb
+    from proto.streams import ChunkReassembler, MalformedStream, StreamTooLarge
+
+    r = ChunkReassembler(100, 100)
+    r.add(pb.CiphertextPiece(chunk_id=0, offset=0, data=b"a"))
+    with pytest.raises(MalformedStream, match="empty piece"):
+        r.add(pb.CiphertextPiece(chunk_id=0, offset=1, data=b""))
+    r = ChunkReassembler(100, 100, max_chunks=2)
+    r.add(pb.CiphertextPiece(chunk_id=0, offset=0, data=b"a"))
+    r.add(pb.CiphertextPiece(chunk_id=1, offset=0, data=b"b"))
+    with pytest.raises(StreamTooLarge, match="more than 2 chunks"):
+        r.add(pb.CiphertextPiece(chunk_id=2, offset=0, data=b"c"))
