@@ -254,13 +254,18 @@ def mechanism_audit(
             loaded: dict[str, Any] = json.loads(given.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"--mechanism-audit {given}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise RunError(f"--mechanism-audit {given}: not an audit_mechanism.py JSON object")
         loaded["source"] = str(given)
         return loaded
     if cfg.privacy.mechanism != "svt" or trials <= 0:
         return None
     from scripts.audit_mechanism import run_audit
 
-    res = run_audit("svt", trials, seed=seed, epsilon=cfg.privacy.epsilon)
+    try:
+        res = run_audit("svt", trials, seed=seed, epsilon=cfg.privacy.epsilon)
+    except ValueError as exc:
+        raise RunError(f"--audit-trials {trials}: {exc}") from exc
     res["source"] = f"run now with {trials} trials per input"
     return res
 

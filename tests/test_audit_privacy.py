@@ -182,3 +182,13 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["--run", str(root), "--out", str(tmp_path / "r"), "--audit-trials", "0"]) == 1
     with pytest.raises(RunError):
         audit_run(tmp_path / "nothing", tmp_path / "r")
+    write_config(root, "svt", budget=20.0)
+    listed = tmp_path / "audit.json"
+    listed.write_text("[1, 2]")
+    assert (
+        main(["--run", str(root), "--out", str(tmp_path / "r"), "--mechanism-audit", str(listed)])
+        == 2
+    )
+    assert "--mechanism-audit" in capsys.readouterr().err
+    assert main(["--run", str(root), "--out", str(tmp_path / "r"), "--audit-trials", "5"]) == 2
+    assert "--audit-trials 5" in capsys.readouterr().err
