@@ -189,8 +189,11 @@ class FederationSchema:
     @classmethod
     def from_toml(cls, path: str | Path, table: str | None = "schema") -> FederationSchema:
         """Load from a TOML file; ``table`` names the sub-table holding the schema."""
-        with open(path, "rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
+        try:
+            with open(path, "rb") as fh:
+                data: dict[str, Any] = tomllib.load(fh)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SchemaError(f"{path}: cannot read the schema: {exc}") from None
         if table is not None:
             if table not in data:
                 raise SchemaError(f"{path}: no [{table}] table")

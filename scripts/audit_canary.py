@@ -163,6 +163,8 @@ def run_audit(
         raise ValueError(f"canary_scale: {canary_scale} must be > 0")
     if rounds < 1:
         raise ValueError(f"rounds: {rounds} must be >= 1")
+    if not 0 < beta < 1:
+        raise ValueError(f"beta: {beta} must be in (0, 1)")
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     data = load_actg175()

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from participant.privacy.config import SVTConfig
 from participant.privacy.legacy import legacy_svt_select_UNSAFE
 from participant.privacy.svt import svt_select

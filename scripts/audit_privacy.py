@@ -88,12 +88,15 @@ def _ledger_meta(path: Path) -> tuple[str, float, float]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        delta, budget = db.execute("SELECT delta, budget_epsilon FROM budget").fetchone()
-    except (sqlite3.DatabaseError, TypeError) as exc:
+        row = db.execute("SELECT delta, budget_epsilon FROM budget").fetchone()
+        delta, budget = float(row[0]), float(row[1])
+    except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
         raise LedgerError(f"{path}: not a readable privacy ledger ({exc})") from exc
     finally:
         db.close()
-    return str(meta.get("site_id", "")), float(delta), float(budget)
+    if not (0 < delta < 1 and 0 < budget < math.inf):
+        raise LedgerError(f"{path}: corrupted budget row (delta={delta!r}, budget={budget!r})")
+    return str(meta.get("site_id", "")), delta, budget
 
 
 def _round_events(path: Path) -> dict[int, list[Any]]:
@@ -251,13 +254,18 @@ def mechanism_audit(
             loaded: dict[str, Any] = json.loads(given.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"--mechanism-audit {given}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise RunError(f"--mechanism-audit {given}: not an audit_mechanism.py JSON object")
         loaded["source"] = str(given)
         return loaded
     if cfg.privacy.mechanism != "svt" or trials <= 0:
         return None
     from scripts.audit_mechanism import run_audit
 
-    res = run_audit("svt", trials, seed=seed, epsilon=cfg.privacy.epsilon)
+    try:
+        res = run_audit("svt", trials, seed=seed, epsilon=cfg.privacy.epsilon)
+    except ValueError as exc:
+        raise RunError(f"--audit-trials {trials}: {exc}") from exc
     res["source"] = f"run now with {trials} trials per input"
     return res
 

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=150, help="rows per file")
     parser.add_argument("--seed", type=int, default=175, help="shuffle seed")
     args = parser.parse_args(argv)
+    if args.rows < 1:
+        parser.error(f"--rows {args.rows} must be >= 1")
 
     schema = FederationSchema.from_toml(EXAMPLES / "federation.toml")
     frame = actg175_frame()

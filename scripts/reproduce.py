@@ -765,8 +765,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    if args.rounds < 1 or args.jobs < 1 or not args.seeds:
-        parser.error("--rounds and --jobs must be >= 1 and --seeds non-empty")
+    if (
+        args.rounds < 1
+        or args.jobs < 1
+        or not args.seeds
+        or (args.encrypted_rounds is not None and args.encrypted_rounds < 1)
+    ):
+        parser.error("--rounds, --encrypted-rounds and --jobs must be >= 1, --seeds non-empty")
     seeds, rounds = (args.seeds[:1], 2) if args.quick else (args.seeds, args.rounds)
     enc_rounds = 2 if args.quick else args.encrypted_rounds
     cmd = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -137,6 +137,23 @@ def test_corrupted_ledger_is_flagged(tmp_path: Path) -> None:
     assert ("s2", "unreadable_ledger") in _flags(result)
 
 
+@pytest.mark.parametrize("corruption", ["delta = 2", "budget_epsilon = -1", "delta = 'abc'"])
+def test_corrupted_budget_row_is_flagged_not_a_traceback(tmp_path: Path, corruption: str) -> None:
+    import sqlite3
+
+    root = tmp_path / "run"
+    write_config(root, "svt", budget=20.0)
+    for s in SITES:
+        svt_ledger(root, s, rounds=1, epsilon=2.0, budget=20.0)
+    db = sqlite3.connect(root / "state" / "s2" / "privacy_ledger.sqlite")
+    with db:
+        db.execute(f"UPDATE budget SET {corruption}")
+    db.close()
+    result = audit_run(root, tmp_path / "r", audit_trials=0)
+    assert _flags(result) == {("s2", "unreadable_ledger")}
+    assert "privacy_ledger.sqlite" in result["flags"][0]["detail"]
+
+
 def test_auc_plot_from_a_simulation_result(tmp_path: Path) -> None:
     from cipherfed.simulation import SimulationConfig, run_simulation
 
@@ -165,3 +182,13 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["--run", str(root), "--out", str(tmp_path / "r"), "--audit-trials", "0"]) == 1
     with pytest.raises(RunError):
         audit_run(tmp_path / "nothing", tmp_path / "r")
+    write_config(root, "svt", budget=20.0)
+    listed = tmp_path / "audit.json"
+    listed.write_text("[1, 2]")
+    assert (
+        main(["--run", str(root), "--out", str(tmp_path / "r"), "--mechanism-audit", str(listed)])
+        == 2
+    )
+    assert "--mechanism-audit" in capsys.readouterr().err
+    assert main(["--run", str(root), "--out", str(tmp_path / "r"), "--audit-trials", "5"]) == 2
+    assert "--audit-trials 5" in capsys.readouterr().err

@@ -94,6 +94,9 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["--m", "2", "--out", str(tmp_path)]) == 2
     assert "m: 2 canaries" in capsys.readouterr().err
     assert main(["--canary-scale", "-1", "--out", str(tmp_path)]) == 2
+    capsys.readouterr()
+    assert main(["--beta", "2", "--out", str(tmp_path)]) == 2  # refused before training
+    assert "beta: 2.0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -112,6 +112,12 @@ def test_foreign_and_corrupted_files(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="not a readable privacy ledger"):
         PrivacyLedger(junk, 1e-5, 1.0)
 
+    emptied = tmp_path / "emptied.db"
+    emptied.write_bytes(b"")  # a truncated ledger must not restart the budget at zero
+    with pytest.raises(LedgerError, match="empty or truncated"):
+        PrivacyLedger(emptied, 1e-5, 1.0)
+    assert emptied.read_bytes() == b""
+
     foreign = tmp_path / "foreign.db"
     con = sqlite3.connect(foreign)
     con.execute("CREATE TABLE patients (id INTEGER)")

@@ -292,3 +292,18 @@ def test_noise_draws_threshold_once_queries_and_release_fresh() -> None:
     assert [n for _, n in spy.laplace_calls] == [None, 200, res.selected.size]
     assert b.query_scale == pytest.approx(2 * b.c * 0.01 / b.epsilon2)
     assert b.release_scale == pytest.approx(2 * b.c * 0.01 / b.epsilon3)
+
+
+def test_queries_are_visited_in_a_random_order() -> None:
+    """Every query passes (τ = 0, tiny noise): which c are kept depends only on the order.
+
+    A pass in index order would keep 0..c-1 every time. Over 50 runs of c = 10 out of 1000,
+    the 500 kept indices of a uniform random order have mean 499.5 (sd ≈ 13); the
+    tolerance of ±70 is more than 5 sd.
+    """
+    rng = _rng(21)
+    cfg = SVTConfig(fraction=0.01, gamma=1.0, tau=0.0, epsilon=1e9)
+    kept = np.concatenate([svt_select(np.ones(1000), 1, cfg, rng).selected for _ in range(50)])
+    assert kept.size == 500
+    assert abs(float(kept.mean()) - 499.5) < 70
+    assert np.unique(kept).size > 300  # not the same few coordinates each time

@@ -100,3 +100,11 @@ def test_variants_cover_the_issue() -> None:
     assert sorted(v.fraction for v in vs if v.mechanism == "partial") == [0.1, 0.4, 1.0]
     assert len({v.epsilon for v in vs if v.mechanism == "svt"}) >= 3
     assert len({v.key for v in vs}) == len(vs)
+
+
+@pytest.mark.parametrize("bad", [["--rounds", "0"], ["--encrypted-rounds", "0"], ["--jobs", "0"]])
+def test_cli_rejects_non_positive_counts(tmp_path: Path, bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*bad, "--out", str(tmp_path / "res")])
+    assert exc.value.code == 2
+    assert not (tmp_path / "res").exists()

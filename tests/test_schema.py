@@ -141,6 +141,11 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     schema = FederationSchema.from_toml(toml)
     assert schema.feature_names == ("age", "arm=0", "arm=1")
     assert FederationSchema.from_dict(schema.to_dict()) == schema
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[schema\n")
+    for bad in (broken, tmp_path / "missing.toml"):
+        with pytest.raises(SchemaError, match=bad.name):
+            FederationSchema.from_toml(bad)
 
 
 @pytest.mark.parametrize(

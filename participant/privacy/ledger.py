@@ -83,18 +83,32 @@ class PrivacyLedger:
         check_positive("PrivacyLedger", "budget_epsilon", budget_epsilon)
         self.path = Path(sqlite_path)
         self.site_id = str(site_id)
+        existed = self.path.exists()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._open(float(delta), float(budget_epsilon))
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: not a readable privacy ledger ({exc})") from exc
+        try:
+            self._open(float(delta), float(budget_epsilon), existed)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise LedgerError(f"{self.path}: not a readable privacy ledger ({exc})") from exc
+        except LedgerError:
+            self._db.close()
+            raise
         self._cache: dict[str | None, float] = {}
 
     # --- file handling -----------------------------------------------------------------------
 
-    def _open(self, delta: float, budget: float) -> None:
+    def _open(self, delta: float, budget: float, existed: bool) -> None:
         db = self._db
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and existed:
+            # an emptied (truncated) ledger must not silently restart the budget at ε = 0
+            raise LedgerError(
+                f"{self.path}: the file exists but holds no ledger (empty or truncated); "
+                "refusing to start a fresh budget over it"
+            )
         if not tables:
             with db:
                 db.execute("BEGIN")
