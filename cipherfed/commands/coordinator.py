@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cipherfed.commands import address
+
 if TYPE_CHECKING:
     from coordinator.keyholder_client import GrpcKeyholder
     from coordinator.service import Coordinator
@@ -24,8 +26,12 @@ HELP = "run the coordinator: rounds, verification, encrypted aggregation, checkp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", type=Path, required=True, help="the coordinator's startup kit")
     parser.add_argument("--state", type=Path, required=True, help="state folder (SQLite, blobs)")
-    parser.add_argument("--address", help="host:port to serve on (default: [network].coordinator)")
-    parser.add_argument("--keyholder", help="key holder host:port (default: the federation file)")
+    parser.add_argument(
+        "--address", type=address, help="host:port to serve on (default: [network].coordinator)"
+    )
+    parser.add_argument(
+        "--keyholder", type=address, help="key holder host:port (default: the federation file)"
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,

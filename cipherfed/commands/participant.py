@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cipherfed.commands import address
 from cipherfed.config import ConfigError, FederationConfig
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ HELP = "run a site's participant daemon (trains locally, sends encrypted updates
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", type=Path, required=True, help="the site's startup kit")
     parser.add_argument("--state", type=Path, required=True, help="state folder of this site")
-    parser.add_argument("--coordinator", help="coordinator host:port (default: federation file)")
+    parser.add_argument(
+        "--coordinator", type=address, help="coordinator host:port (default: federation file)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: GPU if present)")
     parser.add_argument("--poll", type=float, default=0.25, help="seconds between round polls")
 
