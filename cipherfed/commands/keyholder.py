@@ -103,9 +103,7 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
     secret, created = load_or_create_secret(
         state, params, passphrase, scrypt_log2_n=args.scrypt_log2n
     )
-    signing_key = SigningKey.from_pem(kit.signing_key_bytes())
-    if signing_key.verify_key().to_bytes() != kit.roster.keyholder.verify_key:
-        raise ProvisioningError(f"{kit.path}: signing key does not match the roster")
+    signing_key = SigningKey.from_pem(kit.signing_key_bytes())  # load_kit matched it to the roster
     audit = HashChainLog(state / AUDIT_FILE, signing_key)
     if created:
         audit.append(
