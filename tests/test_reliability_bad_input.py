@@ -235,3 +235,10 @@ def test_coordinator_refuses_another_federations_state_and_keeps_it(
     assert "Traceback" not in "\n".join(err)
     assert {name: (state / name).read_bytes() for name in before} == before
     assert not list(state.glob("*-wal")), "the refused folder's database was left open"
+    (state / "coordinator.sqlite").write_bytes(b"garbage" * 20)
+    for name in ("coordinator.sqlite-wal", "coordinator.sqlite-shm"):
+        (state / name).unlink(missing_ok=True)
+    assert coordinator_cmd.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("not a usable coordinator database (file is not a database)")
+    assert (state / "coordinator.sqlite").read_bytes() == b"garbage" * 20

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         core = Coordinator(
             spec, args.state, ctx, kh, signing_key, audit=audit.append, metrics=metrics
         )
-    except ValueError as exc:  # the state folder of another federation (or model layout)
+    except (ValueError, OSError) as exc:  # of another federation, corrupt, not a folder
         print(f"error: {exc}", file=sys.stderr)
         kh.close()
         return 2
