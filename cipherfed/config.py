@@ -292,12 +292,21 @@ def _section(root: _Table, key: str, required: bool = False) -> _Table:
     return _Table(value, f"[{key}]", root.source)
 
 
-def _address(t: _Table, key: str, default: str) -> str:
-    value = t.string(key, default)
+def check_address(value: str) -> str:
+    """``value`` if it is ``host:port`` with a port in 0..65535, else ValueError (the check of
+    the federation file's addresses, shared with the commands' address flags)."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise t.err(key, f"must be 'host:port' with a port in 0..65535, got {value!r}")
+        raise ValueError(f"must be 'host:port' with a port in 0..65535, got {value!r}")
     return value
+
+
+def _address(t: _Table, key: str, default: str) -> str:
+    value = t.string(key, default)
+    try:
+        return check_address(value)
+    except ValueError as exc:
+        raise t.err(key, str(exc)) from None
 
 
 def _parse_federation(root: _Table) -> FederationSection:

@@ -457,7 +457,36 @@ def load_kit(path: str | os.PathLike[str], expect_role: Role | None = None) -> K
         )
     if role == "site" and name not in roster.sites:
         raise ProvisioningError(f"{kit}: site {name!r} is not in the roster")
+    own = {"coordinator": roster.coordinator, "keyholder": roster.keyholder}.get(role)
+    entry = own or roster.sites[name]
+    _check_signing_key(kit / "signing_key.pem", entry, role)
+    _check_certificate(kit / "ca.pem", roster.ca_fingerprint)
+    _check_certificate(kit / "cert.pem", entry.cert_fingerprint)
     return Kit(path=kit, role=role, name=name, config=config, roster=roster)
+
+
+def _check_signing_key(path: Path, entry: RosterEntry, role: str) -> None:
+    """The kit's signing key parses and is the one the roster names for this party."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ProvisioningError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    if not isinstance(key, Ed25519PrivateKey) or key.public_key().public_bytes(*raw) != (
+        entry.verify_key
+    ):
+        raise ProvisioningError(f"{path}: not the Ed25519 key the roster names for this {role}")
+
+
+def _check_certificate(path: Path, fingerprint: str) -> None:
+    """The kit's certificate parses and is the one the roster names (else TLS would only
+    fail later, as a connection retried for ever)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise ProvisioningError(f"{path}: not a PEM certificate ({exc})") from None
+    if cert_fingerprint(cert) != fingerprint:
+        raise ProvisioningError(f"{path}: not the certificate the roster names")
 
 
 def read_passphrase(kit: Kit, passphrase_file: str | os.PathLike[str] | None = None) -> bytes:

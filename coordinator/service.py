@@ -151,7 +151,11 @@ class Coordinator:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._retry_at = 0.0  # monotonic time before which a failed decryption is not retried
-        self._state = self._recover()
+        try:
+            self._state = self._recover()
+        except BaseException:
+            self.store.close()  # e.g. the state folder of another federation: leave it be
+            raise
 
     # -- start-up and recovery -------------------------------------------------------
     def _recover(self) -> rs.RoundState:

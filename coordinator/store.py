@@ -103,9 +103,13 @@ class CoordinatorStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # a corrupt file or not ours: refuse, leave it
+            self._db.close()
+            raise ValueError(f"{self.path}: not a usable coordinator database ({exc})") from None
 
     def close(self) -> None:
         with self._lock:

@@ -78,9 +78,13 @@ class DaemonState:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # a corrupt file or not ours: refuse, leave it
+            self._db.close()
+            raise ValueError(f"{self.path}: not a usable participant state ({exc})") from None
 
     def close(self) -> None:
         with self._lock:

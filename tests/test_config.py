@@ -173,3 +173,27 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["participant", "--kit", "k", "--state", "s", "--coordinator", "nonsense"],
+        ["coordinator", "--kit", "k", "--state", "s", "--keyholder", "1.2.3.4:99999"],
+        ["coordinator", "--kit", "k", "--state", "s", "--address", "host:port"],
+        ["keyholder", "--kit", "k", "--state", "s", "--address", ":50052"],
+    ],
+)
+def test_address_flags_are_checked_like_the_federation_file(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped address is a usage error (exit 2, one line naming the flag), not a daemon
+    that retries a connection it can never make."""
+    from cipherfed import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {argv[-2]}: must be 'host:port'" in err
+    assert repr(argv[-1]) in err

@@ -78,3 +78,14 @@ def test_demo_privacy_settings() -> None:
 def test_cli_rejects_epsilon_without_svt(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--privacy", "partial", "--epsilon", "1"]) == 2
     assert "--epsilon" in capsys.readouterr().err
+
+
+def test_cli_rejects_an_out_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was a NotADirectoryError traceback after the demo had started; the file stays."""
+    out = tmp_path / "results"
+    out.write_text("kept")
+    assert main(["demo", "--rounds", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: --out {out} exists and is not a folder\n"
+    assert out.read_text() == "kept"

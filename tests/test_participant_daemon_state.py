@@ -40,3 +40,43 @@ def test_state_is_bound_to_one_site(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="site_id 'site-a', not 'site-b'"):
         st.bind("fed", "site-b")
     st.close()
+
+
+def test_a_corrupt_state_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.sqlite"
+    junk = b"not a database, but someone's file " * 4
+    path.write_bytes(junk)
+    with pytest.raises(ValueError, match=r"daemon\.sqlite: not a usable participant state"):
+        DaemonState(path)
+    assert path.read_bytes() == junk
+
+
+def test_participant_command_refuses_bad_state_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state "folder" that is a file, or one holding a corrupt database: exit 2 with one
+    line, before any training or network, and the file is untouched."""
+    import argparse
+
+    from cipherfed.commands import participant as participant_cmd
+    from cipherfed.provisioning import provision
+    from tests.e2e_helpers import small_config
+
+    kits = provision(small_config(2), tmp_path / "kits")
+    parser = argparse.ArgumentParser()
+    participant_cmd.add_arguments(parser)
+    kit = str(kits.site_kits["site-00"])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = parser.parse_args(["--kit", kit, "--state", str(afile)])
+    assert participant_cmd.run(args) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot use the state folder {afile}")
+    assert afile.read_text() == "x"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "daemon.sqlite").write_bytes(b"garbage" * 20)
+    args = parser.parse_args(["--kit", kit, "--state", str(bad)])
+    assert participant_cmd.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a usable participant state" in err
+    assert err.count("\n") == 1 and (bad / "daemon.sqlite").read_bytes() == b"garbage" * 20

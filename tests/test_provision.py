@@ -183,6 +183,27 @@ def test_kit_checks(result: ProvisionResult, tmp_path: Path) -> None:
     (copy / "roster.json").write_text(json.dumps({"format": 1}))
     with pytest.raises(ProvisioningError, match="roster"):
         load_kit(copy)
+    # A signing key that does not parse, or is another party's, is refused up front
+    # (it was a ValueError traceback, or signatures every peer would reject).
+    shutil.copy2(result.site_kits["site-b"] / "roster.json", copy / "roster.json")
+    load_kit(copy)
+    (copy / "signing_key.pem").write_text("junk\n")
+    with pytest.raises(ProvisioningError, match=r"signing_key\.pem: not an unencrypted PEM"):
+        load_kit(copy)
+    shutil.copy2(result.site_kits["site-a"] / "signing_key.pem", copy / "signing_key.pem")
+    with pytest.raises(ProvisioningError, match="not the Ed25519 key the roster names"):
+        load_kit(copy)
+    # Likewise a certificate that does not parse, or is another party's.
+    shutil.copy2(result.site_kits["site-b"] / "signing_key.pem", copy / "signing_key.pem")
+    (copy / "cert.pem").write_text("junk\n")
+    with pytest.raises(ProvisioningError, match=r"cert\.pem: not a PEM certificate"):
+        load_kit(copy)
+    shutil.copy2(result.site_kits["site-a"] / "cert.pem", copy / "cert.pem")
+    with pytest.raises(ProvisioningError, match=r"cert\.pem: not the certificate the roster"):
+        load_kit(copy)
+    shutil.copy2(result.coordinator_kit / "cert.pem", copy / "ca.pem")
+    with pytest.raises(ProvisioningError, match=r"ca\.pem: not the certificate the roster"):
+        load_kit(copy)
 
 
 def test_refuses_nonempty_output_and_reserved_names(tmp_path: Path) -> None:

@@ -205,3 +205,40 @@ def test_coordinator_process_holds_no_secret_key(env: Env) -> None:
         SecretContext.import_secret_key_encrypted(
             (state / "public_context.bin").read_bytes(), b"0123456789abcdef"
         )
+
+
+def test_coordinator_refuses_another_federations_state_and_keeps_it(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pointed at a state folder of another federation, the coordinator exits 2 with one
+    line naming the mismatch (no traceback) and leaves that folder's files as they were:
+    the key holder's context it fetched is not cached over theirs."""
+    import argparse
+
+    from cipherfed.commands import coordinator as coordinator_cmd
+    from coordinator.store import CoordinatorStore
+
+    state = tmp_path / "theirs"
+    store = CoordinatorStore(state / "coordinator.sqlite")
+    store.set_meta("federation_id", "another-federation")
+    store.close()
+    (state / "public_context.bin").write_bytes(b"their context")
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+    parser = argparse.ArgumentParser()
+    coordinator_cmd.add_arguments(parser)
+    args = parser.parse_args(
+        ["--kit", str(env.fed.kits.coordinator_kit), "--state", str(state), "--metrics-port", "-1"]
+    )
+    assert coordinator_cmd.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "'another-federation'" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert {name: (state / name).read_bytes() for name in before} == before
+    assert not list(state.glob("*-wal")), "the refused folder's database was left open"
+    (state / "coordinator.sqlite").write_bytes(b"garbage" * 20)
+    for name in ("coordinator.sqlite-wal", "coordinator.sqlite-shm"):
+        (state / name).unlink(missing_ok=True)
+    assert coordinator_cmd.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("not a usable coordinator database (file is not a database)")
+    assert (state / "coordinator.sqlite").read_bytes() == b"garbage" * 20

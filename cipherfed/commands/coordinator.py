@@ -12,11 +12,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cipherfed.commands import address
+
 if TYPE_CHECKING:
     from coordinator.keyholder_client import GrpcKeyholder
     from coordinator.service import Coordinator
 
 logger = logging.getLogger(__name__)
+
+#: The key holder's public context, cached in the state folder for a restart without it.
+CONTEXT_FILE = "public_context.bin"
 
 HELP = "run the coordinator: rounds, verification, encrypted aggregation, checkpoints"
 
@@ -24,8 +29,12 @@ HELP = "run the coordinator: rounds, verification, encrypted aggregation, checkp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", type=Path, required=True, help="the coordinator's startup kit")
     parser.add_argument("--state", type=Path, required=True, help="state folder (SQLite, blobs)")
-    parser.add_argument("--address", help="host:port to serve on (default: [network].coordinator)")
-    parser.add_argument("--keyholder", help="key holder host:port (default: the federation file)")
+    parser.add_argument(
+        "--address", type=address, help="host:port to serve on (default: [network].coordinator)"
+    )
+    parser.add_argument(
+        "--keyholder", type=address, help="key holder host:port (default: the federation file)"
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -48,21 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _fetch_context(kh: GrpcKeyholder, state: Path, wait_s: float) -> bytes:
-    """The key holder's public context, cached in the state folder for restarts."""
+def _fetch_context(kh: GrpcKeyholder, cache: Path, wait_s: float) -> bytes:
+    """The key holder's public context, or while it is unavailable the one cached (by
+    :func:`_cache_context`) in the state folder at an earlier start."""
     from coordinator.keyholder_link import KeyholderUnavailable
 
-    cache = state / "public_context.bin"
     deadline = time.monotonic() + wait_s
     delay = 0.2
     while True:
         try:
-            blob = kh.public_context()
-            state.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_bytes(blob)
-            os.replace(tmp, cache)
-            return blob
+            return kh.public_context()
         except KeyholderUnavailable as exc:
             if cache.is_file():
                 logger.warning("key holder unavailable (%s); using the cached context", exc)
@@ -71,6 +75,12 @@ def _fetch_context(kh: GrpcKeyholder, state: Path, wait_s: float) -> bytes:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _cache_context(cache: Path, blob: bytes) -> None:
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, cache)
 
 
 def _write_ready(path: Path, info: dict[str, int]) -> None:
@@ -115,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         keyholder_key=crypto.VerifyKey.from_bytes(kit.roster.keyholder.verify_key),
     )
     try:
-        ctx_bytes = _fetch_context(kh, args.state, args.keyholder_wait)
+        ctx_bytes = _fetch_context(kh, args.state / CONTEXT_FILE, args.keyholder_wait)
         ctx = crypto.PublicContext.from_bytes(ctx_bytes)
     except (KeyholderUnavailable, KeyholderRefused, crypto.InvalidUpdate) as exc:
         print(f"error: cannot get the public CKKS context: {exc}", file=sys.stderr)
@@ -140,7 +150,15 @@ def run(args: argparse.Namespace) -> int:
     )
     metrics = CoordinatorMetrics()
     audit = HashChainLog(args.state / "audit.log", signing_key)
-    core = Coordinator(spec, args.state, ctx, kh, signing_key, audit=audit.append, metrics=metrics)
+    try:
+        core = Coordinator(
+            spec, args.state, ctx, kh, signing_key, audit=audit.append, metrics=metrics
+        )
+    except (ValueError, OSError) as exc:  # of another federation, corrupt, not a folder
+        print(f"error: {exc}", file=sys.stderr)
+        kh.close()
+        return 2
+    _cache_context(args.state / CONTEXT_FILE, ctx_bytes)  # only now: the folder is ours
     server, port, health = transport.create_server(
         args.address or cfg.network.coordinator, identity
     )

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if args.privacy == "none" and args.share is not None:
         print("error: --share needs --privacy partial or svt", file=sys.stderr)
         return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} exists and is not a folder", file=sys.stderr)
+        return 2
     try:
         opts = DemoOptions(
             out=args.out,

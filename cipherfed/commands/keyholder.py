@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cipherfed.commands import address
 from cipherfed.config import ConfigError, resolve_preset
 from cipherfed.provisioning import Kit, ProvisioningError, load_kit, read_passphrase
 
@@ -38,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", type=Path, required=True, help="the key holder's startup kit")
     parser.add_argument("--state", type=Path, required=True, help="state folder (keys, db, log)")
     parser.add_argument(
-        "--address", default=None, help="listen address (default: [network].keyholder)"
+        "--address",
+        type=address,
+        default=None,
+        help="listen address (default: [network].keyholder)",
     )
     parser.add_argument(
         "--passphrase-file",
@@ -99,9 +103,7 @@ def start(args: argparse.Namespace) -> RunningKeyHolder:
     secret, created = load_or_create_secret(
         state, params, passphrase, scrypt_log2_n=args.scrypt_log2n
     )
-    signing_key = SigningKey.from_pem(kit.signing_key_bytes())
-    if signing_key.verify_key().to_bytes() != kit.roster.keyholder.verify_key:
-        raise ProvisioningError(f"{kit.path}: signing key does not match the roster")
+    signing_key = SigningKey.from_pem(kit.signing_key_bytes())  # load_kit matched it to the roster
     audit = HashChainLog(state / AUDIT_FILE, signing_key)
     if created:
         audit.append(

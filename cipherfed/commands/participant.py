@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cipherfed.commands import address
 from cipherfed.config import ConfigError, FederationConfig
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ HELP = "run a site's participant daemon (trains locally, sends encrypted updates
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", type=Path, required=True, help="the site's startup kit")
     parser.add_argument("--state", type=Path, required=True, help="state folder of this site")
-    parser.add_argument("--coordinator", help="coordinator host:port (default: federation file)")
+    parser.add_argument(
+        "--coordinator", type=address, help="coordinator host:port (default: federation file)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: GPU if present)")
     parser.add_argument("--poll", type=float, default=0.25, help="seconds between round polls")
 
@@ -88,7 +91,21 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: site {site_id}: cannot load its data: {exc}", file=sys.stderr)
         return 2
-    args.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        args.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = DaemonState(args.state / "daemon.sqlite")
+    except OSError as exc:
+        print(f"error: cannot use the state folder {args.state}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        state.bind(cfg.federation.id, site_id)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        state.close()
+        return 2
     layout = site_setup.chunk_layout(cfg)
     params = site_setup.ckks_params(cfg)
     train_cfg = site_setup.train_config(cfg)
@@ -118,13 +135,6 @@ def run(args: argparse.Namespace) -> int:
         backoff=Backoff(base_s=0.2, cap_s=5.0),
         should_stop=stop.is_set,
     )
-    state = DaemonState(args.state / "daemon.sqlite")
-    try:
-        state.bind(cfg.federation.id, site_id)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        state.close()
-        return 2
     daemon = ParticipantDaemon(
         identity,
         client,
