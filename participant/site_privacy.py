@@ -45,6 +45,10 @@ class LedgerPrivacy:
     def check(self, round_no: int) -> None:
         if self.sharing is None:
             return
+        if round_no in self.ledger.rounds():
+            # a resumed round: its cost is already in the ledger, and recording it again
+            # is a no-op, so checking it again would count it twice
+            return
         events = planned_events(self.sharing, self.layout.total, self._bounds())
         try:
             self.ledger.check_can_spend(events)
