@@ -242,3 +242,32 @@ def test_coordinator_refuses_another_federations_state_and_keeps_it(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("not a usable coordinator database (file is not a database)")
     assert (state / "coordinator.sqlite").read_bytes() == b"garbage" * 20
+
+
+def test_coordinator_ready_file_in_a_missing_folder_is_a_usage_error(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before anything starts or is written: one line, exit 2."""
+    import argparse
+
+    from cipherfed.commands import coordinator as coordinator_cmd
+
+    parser = argparse.ArgumentParser()
+    coordinator_cmd.add_arguments(parser)
+    state = tmp_path / "state"
+    args = parser.parse_args(
+        [
+            "--kit",
+            str(env.fed.kits.coordinator_kit),
+            "--state",
+            str(state),
+            "--metrics-port",
+            "-1",
+            "--ready-file",
+            str(tmp_path / "missing" / "ready.json"),
+        ]
+    )
+    assert coordinator_cmd.run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --ready-file") and "no folder" in err[-1]
+    assert not state.exists()

@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     from proto import cipherfed_pb2_grpc as pb_grpc
     from proto import transport
 
+    if args.ready_file is not None and not args.ready_file.parent.is_dir():
+        print(
+            f"error: --ready-file {args.ready_file}: no folder {args.ready_file.parent}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         kit = load_kit(args.kit, "coordinator")
     except (ConfigError, ProvisioningError) as exc:
