@@ -17,16 +17,14 @@ from coordinator.keyholder_link import (
     KeyholderRefused,
     KeyholderUnavailable,
 )
-from proto import cipherfed_pb2 as pb
-from proto import cipherfed_pb2_grpc as pb_grpc
 from proto import streams, transport, wire
+from proto.clients import KeyHolderClient
 
 logger = logging.getLogger(__name__)
 
 _TRANSIENT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
 )
-MAX_CONTEXT_BYTES = 1 << 30
 
 
 class GrpcKeyholder:
@@ -44,13 +42,12 @@ class GrpcKeyholder:
         timeout_s: float = 120.0,
     ) -> None:
         self._channel = transport.create_channel(address, identity, server_name=server_name)
-        self._stub = pb_grpc.KeyHolderStub(self._channel)
+        self._client = KeyHolderClient(self._channel, timeout_s=timeout_s)
         self.federation_id = federation_id
         self.params_fingerprint = params_fingerprint
         self.layout = layout
         self._key = signing_key
         self._kh_key = keyholder_key
-        self.timeout_s = timeout_s
 
     def close(self) -> None:
         self._channel.close()
@@ -63,12 +60,8 @@ class GrpcKeyholder:
         return KeyholderRefused(f"{what}: {code.name}: {details}")
 
     def public_context(self) -> bytes:
-        req = pb.ContextRequest(
-            federation_id=self.federation_id, params_fingerprint=self.params_fingerprint
-        )
         try:
-            pieces = self._stub.GetPublicContext(req, timeout=self.timeout_s)
-            return streams.assemble_blob(pieces, MAX_CONTEXT_BYTES, "public context")
+            return self._client.public_context(self.federation_id, self.params_fingerprint)
         except grpc.RpcError as exc:
             raise self._rpc_error("public context", exc) from None
 
@@ -86,10 +79,7 @@ class GrpcKeyholder:
             crypto.sign_message(self._key, wire.DECRYPT_REQUEST_DOMAIN, req.digest())
         )
         try:
-            answer = self._stub.DecryptAggregate(
-                wire.decrypt_request_messages(req), timeout=self.timeout_s
-            )
-            result = wire.read_decrypt_result(answer, self.layout.total)
+            result = self._client.decrypt(req, max_values=self.layout.total)
         except grpc.RpcError as exc:
             raise self._rpc_error(f"decrypt round {job.round}", exc) from None
         except streams.TransportError as exc:
