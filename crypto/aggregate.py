@@ -17,7 +17,7 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
-from crypto import _rns
+from crypto import _container, _rns
 from crypto.ciphertext import (
     ChunkHeader,
     ChunkKind,
@@ -29,13 +29,11 @@ from crypto.ciphertext import (
 from crypto.context import PublicContext
 from crypto.errors import InvalidUpdate
 from crypto.packing import ChunkLayout
-from crypto.params import FORMAT_VERSION
 from crypto.update import EncryptedUpdate
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"CFag"
-_HEADER = struct.Struct("<4sB32s32sI")  # magic, version, params fp, layout fp, chunk count
 _ENTRY = struct.Struct("<IQI")  # chunk id, normalizer, blob length
 
 
@@ -63,51 +61,18 @@ class EncryptedAggregate:
         )
 
     def to_bytes(self) -> bytes:
-        parts = [
-            _HEADER.pack(
-                MAGIC,
-                FORMAT_VERSION,
-                bytes.fromhex(self.params_fingerprint),
-                bytes.fromhex(self.layout_fingerprint),
-                len(self.chunks),
-            )
-        ]
-        for cid, blob in self.chunks.items():
-            parts.append(_ENTRY.pack(cid, self.normalizers[cid], len(blob)))
-            parts.append(blob)
-        return b"".join(parts)
+        extra = {cid: (n,) for cid, n in self.normalizers.items()}
+        return _container.pack(
+            MAGIC, _ENTRY, self.params_fingerprint, self.layout_fingerprint, self.chunks, extra
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> EncryptedAggregate:
         """Parse an untrusted aggregate container; chunk blobs are checked on decryption."""
-        if not isinstance(blob, bytes | bytearray | memoryview):
-            raise InvalidUpdate(f"aggregate must be bytes, got {type(blob).__name__}")
-        blob = bytes(blob)
-        if len(blob) < _HEADER.size:
-            raise InvalidUpdate("aggregate truncated (shorter than its header)")
-        magic, version, pfp, lfp, count = _HEADER.unpack_from(blob)
-        if magic != MAGIC:
-            raise InvalidUpdate("not a CipherFed encrypted aggregate (bad magic)")
-        if version != FORMAT_VERSION:
-            raise InvalidUpdate(f"aggregate format version {version}, expected {FORMAT_VERSION}")
-        off = _HEADER.size
-        chunks: dict[int, bytes] = {}
-        norms: dict[int, int] = {}
-        for _ in range(count):
-            if len(blob) < off + _ENTRY.size:
-                raise InvalidUpdate("aggregate truncated (chunk table)")
-            cid, norm, length = _ENTRY.unpack_from(blob, off)
-            off += _ENTRY.size
-            if len(blob) < off + length:
-                raise InvalidUpdate(f"aggregate truncated (chunk {cid})")
-            if cid in chunks:
-                raise InvalidUpdate(f"aggregate repeats chunk {cid}")
-            chunks[cid] = blob[off : off + length]
-            norms[cid] = norm
-            off += length
-        if off != len(blob):
-            raise InvalidUpdate("aggregate has trailing bytes")
-        return cls(chunks, norms, pfp.hex(), lfp.hex())
+        pfp, lfp, entries = _container.unpack(blob, MAGIC, _ENTRY, "aggregate")
+        chunks = {cid: b for cid, (_, b) in entries.items()}
+        norms = {cid: extra[0] for cid, (extra, _) in entries.items()}
+        return cls(chunks, norms, pfp, lfp)
 
 
 #: chunks summed together per numpy call: fewer calls, arrays still cache-sized (measured:

@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from crypto import _container
 from crypto.ciphertext import (
     KEY_ID_OFFSET,
     LAYOUT_FP_OFFSET,
@@ -21,14 +22,11 @@ from crypto.ciphertext import (
 )
 from crypto.ciphertext import MAGIC as CHUNK_MAGIC
 from crypto.context import PublicContext
-from crypto.errors import InvalidUpdate
 from crypto.packing import ChunkLayout
-from crypto.params import FORMAT_VERSION
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"CFup"
-_HEADER = struct.Struct("<4sB32s32sI")  # magic, version, params fp, layout fp, chunk count
 _ENTRY = struct.Struct("<II")  # chunk id, blob length
 _CHUNK_FP_END = LAYOUT_FP_OFFSET + 32  # end of the layout fingerprint in a chunk header
 
@@ -79,49 +77,15 @@ class EncryptedUpdate:
     def to_bytes(self) -> bytes:
         if not (self.params_fingerprint and self.layout_fingerprint):
             raise ValueError("an update without fingerprints cannot be serialized")
-        parts = [
-            _HEADER.pack(
-                MAGIC,
-                FORMAT_VERSION,
-                bytes.fromhex(self.params_fingerprint),
-                bytes.fromhex(self.layout_fingerprint),
-                len(self.chunks),
-            )
-        ]
-        for cid, blob in self.chunks.items():
-            parts.append(_ENTRY.pack(cid, len(blob)))
-            parts.append(blob)
-        return b"".join(parts)
+        return _container.pack(
+            MAGIC, _ENTRY, self.params_fingerprint, self.layout_fingerprint, self.chunks
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> EncryptedUpdate:
         """Split an untrusted update container (chunk blobs are checked by ``load_chunk``)."""
-        if not isinstance(blob, bytes | bytearray | memoryview):
-            raise InvalidUpdate(f"update must be bytes, got {type(blob).__name__}")
-        blob = bytes(blob)
-        if len(blob) < _HEADER.size:
-            raise InvalidUpdate("update truncated (shorter than its header)")
-        magic, version, pfp, lfp, count = _HEADER.unpack_from(blob)
-        if magic != MAGIC:
-            raise InvalidUpdate("not a CipherFed encrypted update (bad magic)")
-        if version != FORMAT_VERSION:
-            raise InvalidUpdate(f"update format version {version}, expected {FORMAT_VERSION}")
-        off = _HEADER.size
-        chunks: dict[int, bytes] = {}
-        for _ in range(count):
-            if len(blob) < off + _ENTRY.size:
-                raise InvalidUpdate("update truncated (chunk table)")
-            cid, length = _ENTRY.unpack_from(blob, off)
-            off += _ENTRY.size
-            if len(blob) < off + length:
-                raise InvalidUpdate(f"update truncated (chunk {cid})")
-            if cid in chunks:
-                raise InvalidUpdate(f"update repeats chunk {cid}")
-            chunks[cid] = blob[off : off + length]
-            off += length
-        if off != len(blob):
-            raise InvalidUpdate("update has trailing bytes")
-        return cls(chunks, pfp.hex(), lfp.hex())
+        pfp, lfp, entries = _container.unpack(blob, MAGIC, _ENTRY, "update")
+        return cls({cid: b for cid, (_, b) in entries.items()}, pfp, lfp)
 
 
 def _check_layout(ctx: PublicContext, layout: ChunkLayout) -> None:
